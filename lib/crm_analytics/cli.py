@@ -1,0 +1,83 @@
+"""Command line: ``crm-analytics generate | run | docs``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from crm_analytics import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Build the argument parser."""
+    p = argparse.ArgumentParser(prog="crm-analytics", description=__doc__)
+    p.add_argument("--version", action="version", version=f"crm-analytics {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write a synthetic dataset with ground truth")
+    g.add_argument("--customers", type=int, default=20_000, help="number of customers")
+    g.add_argument("--seed", type=int, default=42, help="random seed")
+    g.add_argument("--out", required=True, help="output folder (replaced)")
+    g.add_argument("--start", default="2024-10-01", help="first day of order history")
+    g.add_argument("--end", default="2026-09-30", help="last day of order history")
+    g.add_argument(
+        "--chunk-size", type=int, default=50_000, help="customers per chunk (bounds memory)"
+    )
+
+    r = sub.add_parser("run", help="run the pipeline notebooks and render the reports")
+    r.add_argument("--params", default="params/default.yaml", help="parameter YAML")
+    r.add_argument("--run-id", help="name of the run folder under reports/")
+    r.add_argument("--from", dest="from_stage", help="first stage to run")
+    r.add_argument("--only", help="run this stage only")
+    r.add_argument("--reports-dir", default="reports", help="where run folders go")
+
+    d = sub.add_parser("docs", help="write docs/data-model.md from the schemas")
+    d.add_argument("--out", default="docs/data-model.md", help="output file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (``sys.argv[1:]`` by default).
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    args = _parser().parse_args(argv)
+    if args.command == "generate":
+        from crm_analytics.generate import generate
+
+        res = generate(args.out, args.customers, args.seed, args.start, args.end, args.chunk_size)
+        rows = ", ".join(f"{k} {v:,}" for k, v in res.rows.items())
+        print(f"generated {res.out_dir} in {res.seconds:.1f} s: {rows}")
+        return 0
+    if args.command == "run":
+        from crm_analytics.runner import StageFailed, run_pipeline
+
+        try:
+            run_pipeline(args.params, args.run_id, args.from_stage, args.only, args.reports_dir)
+        except (StageFailed, FileExistsError, FileNotFoundError, ValueError) as exc:
+            print(f"crm-analytics: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "docs":
+        from crm_analytics.config import resolve_path
+        from crm_analytics.schemas import data_model_markdown
+
+        out = Path(resolve_path(args.out))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(data_model_markdown() + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,630 @@
+"""Stage 01, collect: load every configured source into raw tables of the store.
+
+Each canonical table (see :mod:`crm_analytics.schemas`) gets a raw table
+``raw_<table>`` holding every source row as text, renamed to canonical column
+names, plus lineage columns ``_source`` (file, or database and table) and
+``_source_row`` (1-based data row within that source). Typing and validation
+happen in stage 02, so a malformed value is quarantined there with its row,
+never lost here.
+
+Source kinds (one mapping per table in the ``sources`` parameter)::
+
+    {kind: csv, path: "data/raw/x/orders/*.csv", encoding: utf-8, delimiter: ","}
+    {kind: jsonl, path: "data/raw/x/events/*.jsonl"}
+    {kind: excel, path: "data/raw/x/tickets.xlsx", sheet: 0}
+    {kind: parquet, path: "data/raw/x/orders/*.parquet"}
+    {kind: sql, url: "sqlite:///data/raw/x/crm.sqlite", table: customers}
+    {kind: cdnow, variant: sample}      # real CDNOW data shipped with `lifetimes`
+
+Every mapping may add ``columns: {source_name: canonical_name}`` to rename
+columns and ``defaults: {canonical_name: value}`` to fill a column the source
+lacks. Large files are read by DuckDB itself (``read_csv``/``read_json``/
+``read_parquet``), never whole into pandas. GBK/GB18030 files are transcoded to
+UTF-8 in a streaming step first, since DuckDB reads UTF-8 only without its
+downloadable encodings extension.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime as dt
+import glob
+import hashlib
+import importlib.resources
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ibis
+import pandas as pd
+from ibis.backends import BaseBackend
+
+from crm_analytics.config import project_root, resolve_path
+from crm_analytics.schemas import TABLES, spec
+
+FILE_KINDS: tuple[str, ...] = ("csv", "jsonl", "excel", "parquet")
+KINDS: tuple[str, ...] = (*FILE_KINDS, "sql", "cdnow")
+LINEAGE: tuple[str, ...] = ("_source", "_source_row")
+UTF8_ENCODINGS: frozenset[str] = frozenset({"utf-8", "utf8", "utf-8-sig", "utf8-sig"})
+
+
+class SourceError(ValueError):
+    """A source cannot be loaded; the message names the source and the problem."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """Fingerprint of one source read by a run.
+
+    Attributes
+    ----------
+    table : str
+        Canonical table the source feeds.
+    source : str
+        File path (relative to the project root when inside it) or database/table.
+    size_bytes : int
+        File size; 0 for a database table.
+    sha256 : str
+        Content hash of the file; for a database table, hash of its row count and columns.
+    rows : int
+        Data rows read.
+    loaded_at : str
+        UTC time the source was read (ISO 8601).
+    """
+
+    table: str
+    source: str
+    size_bytes: int
+    sha256: str
+    rows: int
+    loaded_at: str
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Return the SHA-256 hex digest of a file, read in chunks.
+
+    Parameters
+    ----------
+    path : Path
+        File to hash.
+    chunk : int, default 1 MiB
+        Read size.
+
+    Returns
+    -------
+    str
+        Hex digest.
+    """
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _display(path: Path) -> str:
+    """Return ``path`` relative to the project root when it is inside it."""
+    try:
+        return str(path.relative_to(project_root()))
+    except ValueError:
+        return str(path)
+
+
+def expand_paths(pattern: str) -> list[Path]:
+    """Expand a path or glob (relative to the project root) into sorted files.
+
+    Parameters
+    ----------
+    pattern : str
+        File path or glob pattern.
+
+    Returns
+    -------
+    list of Path
+        Matching files, sorted by name.
+
+    Raises
+    ------
+    SourceError
+        If nothing matches.
+    """
+    full = resolve_path(pattern)
+    files = sorted(Path(p) for p in glob.glob(str(full)) if Path(p).is_file())
+    if not files:
+        raise SourceError(f"source path {pattern!r} matches no file (looked for {full})")
+    return files
+
+
+def transcode_to_utf8(path: Path, encoding: str, out: Path, chunk_chars: int = 1 << 20) -> Path:
+    """Re-encode a text file to UTF-8 in bounded memory.
+
+    Parameters
+    ----------
+    path : Path
+        Source file.
+    encoding : str
+        Its encoding (``gbk``, ``gb18030``, ``latin-1`` ...).
+    out : Path
+        Destination file.
+    chunk_chars : int, default 1 Mi
+        Characters decoded at a time.
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    SourceError
+        If the file cannot be decoded; the message names file, byte offset and encoding.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with path.open("rb") as src, out.open("w", encoding="utf-8", newline="") as dst:
+        while block := src.read(chunk_chars):
+            try:
+                dst.write(decoder.decode(block))
+            except UnicodeDecodeError as exc:
+                raise SourceError(
+                    f"{path}: cannot decode byte {offset + exc.start} as {encoding}: {exc.reason}"
+                ) from exc
+            offset += len(block)
+        dst.write(decoder.decode(b"", final=True))
+    return out
+
+
+def _sql_quote(value: str) -> str:
+    """Quote a string literal for DuckDB SQL."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    """Quote an identifier for DuckDB SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _duck(con: BaseBackend) -> Any:
+    """Return the raw DuckDB connection of an ibis DuckDB backend."""
+    if con.name != "duckdb":
+        raise SourceError(f"collect loads sources into a DuckDB store; got a {con.name} store")
+    return con.con
+
+
+def _scan_sql(kind: str, path: Path, spec_: dict[str, Any]) -> str:
+    """Return the DuckDB table function reading one file as text columns."""
+    p = _sql_quote(str(path))
+    if kind == "csv":
+        delim = _sql_quote(spec_.get("delimiter", ","))
+        return (
+            f"read_csv({p}, all_varchar=true, header=true, delim={delim}, "
+            "quote='\"', escape='\"', strict_mode=false, null_padding=true)"
+        )
+    if kind == "jsonl":
+        return f"read_json({p}, format='newline_delimited', records=true, sample_size=-1)"
+    if kind == "parquet":
+        return f"read_parquet({p})"
+    raise SourceError(f"no DuckDB scan for kind {kind!r}")
+
+
+def _source_columns(duck: Any, scan: str) -> list[str]:
+    """Return the column names a DuckDB scan yields."""
+    return [r[0] for r in duck.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()]
+
+
+def _select_canonical(
+    table: str, available: list[str], spec_: dict[str, Any], source_label: str
+) -> list[str]:
+    """Return SELECT items mapping source columns onto canonical text columns.
+
+    Raises
+    ------
+    SourceError
+        If a required canonical column is neither in the source nor defaulted.
+    """
+    rename: dict[str, str] = dict(spec_.get("columns") or {})
+    defaults: dict[str, Any] = dict(spec_.get("defaults") or {})
+    # canonical name -> source name
+    by_canonical: dict[str, str] = {}
+    for col in available:
+        by_canonical.setdefault(rename.get(col, col), col)
+    t = spec(table)
+    missing = [c for c in t.required if c not in by_canonical and c not in defaults]
+    if missing:
+        raise SourceError(
+            f"{source_label}: source for table '{table}' lacks required column(s) "
+            f"{', '.join(missing)} (has: {', '.join(available)}); map them with `columns:` "
+            "or give `defaults:` in the parameters"
+        )
+    items = []
+    for c in t.columns:
+        if c in by_canonical:
+            items.append(f"CAST({_ident(by_canonical[c])} AS VARCHAR) AS {_ident(c)}")
+        elif c in defaults and defaults[c] is not None:
+            items.append(f"CAST({_sql_quote(str(defaults[c]))} AS VARCHAR) AS {_ident(c)}")
+        else:
+            items.append(f"CAST(NULL AS VARCHAR) AS {_ident(c)}")
+    return items
+
+
+def _create_raw(duck: Any, table: str) -> None:
+    """Create (replace) an empty raw table for ``table``."""
+    cols = ", ".join(f"{_ident(c)} VARCHAR" for c in spec(table).columns)
+    duck.execute(
+        f"CREATE OR REPLACE TABLE raw_{table} ({cols}, _source VARCHAR, _source_row BIGINT)"
+    )
+
+
+def _load_file(duck: Any, table: str, kind: str, path: Path, spec_: dict[str, Any]) -> int:
+    """Append one file to ``raw_<table>``; return the rows read."""
+    label = _display(path)
+    encoding = str(spec_.get("encoding", "utf-8")).lower()
+    with tempfile.TemporaryDirectory(prefix="crm-collect-") as tmp:
+        read_path = path
+        if kind == "csv" and encoding not in UTF8_ENCODINGS:
+            read_path = transcode_to_utf8(path, encoding, Path(tmp) / "utf8.csv")
+        if kind == "excel":
+            frame = pd.read_excel(path, sheet_name=spec_.get("sheet", 0), dtype=str)
+            frame = frame.astype(object).where(frame.notna(), None)
+            read_path = Path(tmp) / "sheet.parquet"
+            frame.to_parquet(read_path, index=False)
+            scan = _scan_sql("parquet", read_path, spec_)
+        else:
+            scan = _scan_sql(kind, read_path, spec_)
+        try:
+            available = _source_columns(duck, scan)
+            items = _select_canonical(table, available, spec_, label)
+            before = duck.execute(f"SELECT count(*) FROM raw_{table}").fetchone()[0]
+            duck.execute(
+                f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {_sql_quote(label)}, "
+                f"row_number() OVER () FROM {scan}"
+            )
+        except SourceError:
+            raise
+        except Exception as exc:  # DuckDB parse errors: name the file
+            raise SourceError(f"{label}: cannot read as {kind}: {exc}") from exc
+        after = duck.execute(f"SELECT count(*) FROM raw_{table}").fetchone()[0]
+    return int(after - before)
+
+
+def _sql_url(url: str) -> str:
+    """Resolve a relative ``sqlite:///`` or ``duckdb:///`` path against the project root."""
+    for scheme in ("sqlite:///", "duckdb:///"):
+        if url.startswith(scheme) and not url[len(scheme) :].startswith("/"):
+            return scheme + str(resolve_path(url[len(scheme) :]))
+    return url
+
+
+def redact_url(url: str) -> str:
+    """Return a database URL with its password replaced by ``***``.
+
+    Parameters
+    ----------
+    url : str
+        Database URL.
+
+    Returns
+    -------
+    str
+        The URL, safe to log.
+    """
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in cred else f"{scheme}://{user}@{host}"
+    return url
+
+
+def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
+    """Copy a database table (or query) into ``raw_<table>`` through Arrow batches."""
+    url = spec_.get("url")
+    if not url:
+        raise SourceError(f"source for '{table}' of kind sql needs `url`")
+    label = f"{redact_url(str(url))}#{spec_.get('table', table)}"
+    try:
+        src = ibis.connect(_sql_url(str(url)))
+        expr = (
+            src.sql(spec_["query"]) if spec_.get("query") else src.table(spec_.get("table", table))
+        )
+        available = list(expr.columns)
+        items = _select_canonical(table, available, spec_, label)
+        casted = expr.select(*[expr[c].cast("string").name(c) for c in available])
+        reader = casted.to_pyarrow_batches(chunk_size=100_000)
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise SourceError(f"{label}: cannot read: {exc}") from exc
+    duck.register("_sql_batches", reader)
+    try:
+        duck.execute(
+            f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {_sql_quote(label)}, "
+            "row_number() OVER () FROM _sql_batches"
+        )
+    finally:
+        duck.unregister("_sql_batches")
+    rows = duck.execute(f"SELECT count(*) FROM raw_{table} WHERE _source = ?", [label]).fetchone()[
+        0
+    ]
+    digest = hashlib.sha256(f"{label}|{rows}|{','.join(available)}".encode()).hexdigest()
+    return SourceFile(table, label, 0, digest, int(rows), _now())
+
+
+def _now() -> str:
+    """Return the current UTC time in ISO 8601."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def cdnow_frames(variant: str = "sample") -> dict[str, pd.DataFrame]:
+    """Return the CDNOW transactions shipped with ``lifetimes`` as canonical text frames.
+
+    CDNOW is a real dataset of a cohort of 23,570 customers who first bought at the
+    CDNOW online music store in the first quarter of 1997, followed to June 1998.
+    ``sample`` is the classic 1/10 sample (2,357 customers), ``master`` the full file.
+
+    Parameters
+    ----------
+    variant : {"sample", "master"}
+        Which file.
+
+    Returns
+    -------
+    dict of str to pandas.DataFrame
+        ``customers``, ``orders`` and ``order_items`` with canonical columns (as text)
+        plus ``_source`` and ``_source_row``.
+
+    Raises
+    ------
+    SourceError
+        If ``variant`` is unknown or ``lifetimes`` is not installed.
+    """
+    files = {"sample": "CDNOW_sample.txt", "master": "CDNOW_master.txt"}
+    if variant not in files:
+        raise SourceError(f"cdnow variant must be one of {', '.join(files)}, got {variant!r}")
+    try:
+        res = importlib.resources.files("lifetimes.datasets").joinpath(files[variant])
+    except ModuleNotFoundError as exc:
+        raise SourceError("the cdnow source needs the `lifetimes` package") from exc
+    with importlib.resources.as_file(res) as path:
+        if variant == "sample":
+            raw = pd.read_csv(
+                path,
+                sep=r"\s+",
+                header=None,
+                dtype=str,
+                names=["orig_id", "customer_id", "date", "cds", "amount"],
+            )
+        else:
+            raw = pd.read_csv(path, sep=r"\s+", dtype=str)
+            raw.columns = ["customer_id", "date", "cds", "amount"]
+    label = f"lifetimes:datasets/{files[variant]}"
+    raw["_source_row"] = range(1, len(raw) + 1)
+    cid = raw["customer_id"].str.lstrip("0").radd("CD")
+    ts = pd.to_datetime(raw["date"], format="%Y%m%d")
+    order_id = cid + "-" + raw["_source_row"].astype(str)
+    orders = pd.DataFrame(
+        {
+            "order_id": order_id,
+            "customer_id": cid,
+            "order_ts": ts.dt.strftime("%Y-%m-%d 00:00:00"),
+            "amount": raw["amount"],
+            "currency": "USD",
+            "status": "paid",
+            "channel": "online",
+            "region": None,
+            "_source": label,
+            "_source_row": raw["_source_row"],
+        }
+    )
+    cds = raw["cds"].astype(int).clip(lower=1)
+    items = pd.DataFrame(
+        {
+            "order_id": order_id,
+            "sku": "CD",
+            "category": "music",
+            "quantity": raw["cds"],
+            "unit_price": (raw["amount"].astype(float) / cds).round(4).astype(str),
+            "_source": label,
+            "_source_row": raw["_source_row"],
+        }
+    )
+    first = orders.groupby("customer_id", as_index=False)["order_ts"].min()
+    customers = pd.DataFrame({c: None for c in spec("customers").columns}, index=range(len(first)))
+    customers["customer_id"] = first["customer_id"]
+    customers["signup_date"] = first["order_ts"].str.slice(0, 10)
+    customers["country"] = "US"
+    customers["_source"] = label + " (first purchase per customer)"
+    customers["_source_row"] = range(1, len(first) + 1)
+    return {"customers": customers, "orders": orders, "order_items": items}
+
+
+def _load_frame(duck: Any, table: str, frame: pd.DataFrame) -> int:
+    """Append a canonical text frame (with lineage columns) to ``raw_<table>``."""
+    cols = [*spec(table).columns, *LINEAGE]
+    f = frame.reindex(columns=cols)
+    for c in spec(table).columns:
+        f[c] = (
+            f[c]
+            .astype(object)
+            .where(f[c].notna(), None)
+            .map(lambda v: None if v is None else str(v))
+        )
+    duck.register("_frame", f)
+    try:
+        duck.execute(f"INSERT INTO raw_{table} SELECT * FROM _frame")
+    finally:
+        duck.unregister("_frame")
+    return len(f)
+
+
+def iter_source_specs(sources: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(table, spec)`` pairs from the ``sources`` parameter.
+
+    A table may have one source mapping or a list of them.
+
+    Parameters
+    ----------
+    sources : dict
+        Table name -> source mapping or list of mappings.
+
+    Yields
+    ------
+    tuple of (str, dict)
+        Canonical table and one source mapping.
+
+    Raises
+    ------
+    SourceError
+        If a table is not canonical or a kind is unknown.
+    """
+    for table, value in sources.items():
+        if table not in TABLES:
+            raise SourceError(
+                f"sources: unknown table {table!r}; canonical tables: {', '.join(TABLES)}"
+            )
+        for s in value if isinstance(value, list) else [value]:
+            kind = s.get("kind")
+            if kind not in KINDS:
+                raise SourceError(
+                    f"sources.{table}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}"
+                )
+            yield table, s
+
+
+def collect_sources(con: BaseBackend, sources: dict[str, Any]) -> pd.DataFrame:
+    """Load every source into ``raw_<table>`` tables and record what was read.
+
+    Canonical tables without a source get an empty raw table, so later stages
+    see the full data model. The fingerprints are also written to the store as
+    table ``source_files``.
+
+    Parameters
+    ----------
+    con : BaseBackend
+        DuckDB store.
+    sources : dict
+        Table name -> source mapping (or list of mappings); see the module docstring.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per source read: table, source, size_bytes, sha256, rows, loaded_at.
+
+    Raises
+    ------
+    SourceError
+        If a source is missing, unreadable or lacks required columns.
+    """
+    duck = _duck(con)
+    specs = list(iter_source_specs(sources))
+    for table in TABLES:
+        _create_raw(duck, table)
+    read: list[SourceFile] = []
+    for table, s in specs:
+        kind = s["kind"]
+        if kind in FILE_KINDS:
+            for path in expand_paths(str(s["path"])):
+                rows = _load_file(duck, table, kind, path, s)
+                read.append(
+                    SourceFile(
+                        table, _display(path), path.stat().st_size, sha256_file(path), rows, _now()
+                    )
+                )
+        elif kind == "sql":
+            read.append(_load_sql(duck, table, s))
+        elif kind == "cdnow":
+            variant = s.get("variant", "sample")
+            frames = cdnow_frames(variant)
+            for t, frame in frames.items():
+                rows = _load_frame(duck, t, frame)
+                read.append(
+                    SourceFile(
+                        t,
+                        str(frame["_source"].iloc[0]),
+                        0,
+                        hashlib.sha256(
+                            pd.util.hash_pandas_object(frame).values.tobytes()
+                        ).hexdigest(),
+                        rows,
+                        _now(),
+                    )
+                )
+    out = pd.DataFrame(
+        [vars(r) for r in read],
+        columns=["table", "source", "size_bytes", "sha256", "rows", "loaded_at"],
+    )
+    con.create_table("source_files", out, overwrite=True)
+    return out
+
+
+def raw_row_counts(con: BaseBackend) -> pd.DataFrame:
+    """Return rows per raw table and source.
+
+    Parameters
+    ----------
+    con : BaseBackend
+        Store after :func:`collect_sources`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``table``, ``sources``, ``rows`` (one row per canonical table).
+    """
+    rows = []
+    for table in TABLES:
+        t = con.table(f"raw_{table}")
+        agg = t.aggregate(rows=t.count(), sources=t._source.nunique()).to_pandas().iloc[0]
+        rows.append({"table": table, "sources": int(agg["sources"]), "rows": int(agg["rows"])})
+    return pd.DataFrame(rows)
+
+
+def input_fingerprint(files: pd.DataFrame) -> str:
+    """Return one hash over all source fingerprints (order-independent).
+
+    Parameters
+    ----------
+    files : pandas.DataFrame
+        Output of :func:`collect_sources`.
+
+    Returns
+    -------
+    str
+        SHA-256 hex digest of the sorted (table, source, sha256, rows) tuples.
+    """
+    keys = sorted(f"{r.table}|{r.source}|{r.sha256}|{r.rows}" for r in files.itertuples())
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+def customer_view(con: BaseBackend) -> Any:
+    """Return the one-customer view: customer master data joined with per-customer facts.
+
+    Built on the raw tables as an ibis expression (run in the store); counts
+    only, since values are typed in stage 02. The typed view with features is
+    :func:`crm_analytics.features.customer_features`.
+
+    Parameters
+    ----------
+    con : BaseBackend
+        Store after :func:`collect_sources`.
+
+    Returns
+    -------
+    ibis.expr.types.Table
+        customer_id plus n_orders, n_events, n_tickets, n_surveys.
+    """
+    cust = con.table("raw_customers").select("customer_id").distinct()
+    out = cust
+    for table, name in (
+        ("orders", "n_orders"),
+        ("events", "n_events"),
+        ("tickets", "n_tickets"),
+        ("surveys", "n_surveys"),
+    ):
+        t = con.table(f"raw_{table}")
+        agg = t.group_by("customer_id").aggregate(**{name: t.count()})
+        out = out.left_join(agg, "customer_id").drop("customer_id_right")
+    return out.mutate(
+        **{c: ibis.coalesce(out[c], 0) for c in ("n_orders", "n_events", "n_tickets", "n_surveys")}
+    )

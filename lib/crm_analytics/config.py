@@ -1,0 +1,143 @@
+"""Parameter sets: loading the YAML files in ``params/`` and resolving project paths.
+
+A parameter file has global keys (``store``, ``cutoff_date``, ``seed`` ...), one
+section per stage (``collect``, ``clean``, ``segment``, ``churn``, ``forecast``)
+and an optional ``generate`` section describing the synthetic dataset. A stage
+notebook receives the global keys plus its own section as papermill parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES: tuple[str, ...] = ("collect", "clean", "segment", "churn", "forecast")
+"""Pipeline stages, in run order."""
+
+NOTEBOOKS: dict[str, str] = {
+    "collect": "01_collect.ipynb",
+    "clean": "02_clean.ipynb",
+    "segment": "03_segment.ipynb",
+    "churn": "04_churn.ipynb",
+    "forecast": "05_forecast.ipynb",
+}
+"""Notebook file of each stage, inside ``notebooks/``."""
+
+NON_STAGE_SECTIONS: tuple[str, ...] = ("generate",)
+"""Top-level sections that are not passed to notebooks."""
+
+
+def project_root(start: Path | None = None) -> Path:
+    """Return the project's root folder.
+
+    The root is ``$CRM_ANALYTICS_ROOT`` when set, else the nearest folder at or
+    above ``start`` (default: the working directory) that holds both
+    ``pyproject.toml`` and ``params/``, else the working directory.
+
+    Parameters
+    ----------
+    start : Path, optional
+        Folder to search upwards from.
+
+    Returns
+    -------
+    Path
+        Absolute path of the project root.
+    """
+    env = os.environ.get("CRM_ANALYTICS_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "params").is_dir():
+            return folder
+    return here
+
+
+def resolve_path(path: str | os.PathLike[str], root: Path | None = None) -> Path:
+    """Resolve a path given relative to the project root.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Absolute path, or path relative to the project root.
+    root : Path, optional
+        Project root; found with :func:`project_root` when omitted.
+
+    Returns
+    -------
+    Path
+        Absolute path.
+    """
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    return (root or project_root()) / p
+
+
+def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a parameter YAML file and check its shape.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The YAML file.
+
+    Returns
+    -------
+    dict
+        The parameters, with every stage section present (possibly empty).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If the file is not a mapping, lacks ``store``, or a stage section is not a mapping.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"parameter file not found: {file}")
+    with file.open(encoding="utf-8") as fh:
+        params = yaml.safe_load(fh) or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"{file}: a parameter file must be a mapping, got {type(params).__name__}")
+    if "store" not in params:
+        raise ValueError(f"{file}: missing required key 'store' (DuckDB file or database URL)")
+    for stage in STAGES:
+        section = params.setdefault(stage, {})
+        if section is None:
+            params[stage] = {}
+        elif not isinstance(section, dict):
+            raise ValueError(f"{file}: section '{stage}' must be a mapping")
+    return params
+
+
+def stage_parameters(params: dict[str, Any], stage: str) -> dict[str, Any]:
+    """Return the papermill parameters of one stage.
+
+    Parameters
+    ----------
+    params : dict
+        Parameters as returned by :func:`load_params`.
+    stage : str
+        One of :data:`STAGES`.
+
+    Returns
+    -------
+    dict
+        Global keys plus the stage's own section (the section wins on a clash).
+
+    Raises
+    ------
+    ValueError
+        If ``stage`` is unknown.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    out = {k: v for k, v in params.items() if k not in STAGES and k not in NON_STAGE_SECTIONS}
+    out.update(params.get(stage) or {})
+    return out

@@ -1,0 +1,265 @@
+"""Heavy aggregation, written once as ibis expressions.
+
+These functions take ibis tables and return ibis expressions: nothing runs
+until the caller materialises the result, and then it runs in the store
+(DuckDB by default, PostgreSQL or another ibis backend by URL). Only the
+per-customer features and the sales series, which are small, become pandas
+frames.
+
+Every feature obeys the cutoff rule: it reads rows strictly before ``cutoff``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import ibis
+import ibis.expr.types as ir
+
+FREQUENCIES: dict[str, str] = {"day": "D", "week": "W", "month": "M"}
+"""Series frequency name -> ibis truncation unit."""
+
+
+def _require(table: ir.Table, columns: list[str], name: str) -> None:
+    """Raise ``ValueError`` naming the first missing column."""
+    for c in columns:
+        if c not in table.columns:
+            raise ValueError(f"{name} has no column {c!r}")
+
+
+def _ts(value: dt.date | dt.datetime | str) -> ir.TimestampScalar:
+    """Return a timestamp literal for a date, datetime or ISO string."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime.combine(value, dt.time())
+    return ibis.literal(value, type="timestamp")
+
+
+def paid_orders(orders: ir.Table, exclude_outliers: bool = True) -> ir.Table:
+    """Return the orders that count as purchases: status paid, amount not an outlier.
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders (``status``, ``amount``, optionally ``amount_outlier``).
+    exclude_outliers : bool, default True
+        Drop orders flagged ``amount_outlier`` by the clean stage.
+
+    Returns
+    -------
+    ibis Table
+        Filtered orders.
+
+    Raises
+    ------
+    ValueError
+        If ``status`` or ``amount`` is missing.
+    """
+    _require(orders, ["status", "amount"], "orders")
+    out = orders.filter(orders.status == "paid")
+    if exclude_outliers and "amount_outlier" in orders.columns:
+        out = out.filter(~out.amount_outlier)
+    return out
+
+
+def customer_features(
+    orders: ir.Table,
+    cutoff: dt.date | str,
+    customers: ir.Table | None = None,
+    events: ir.Table | None = None,
+    tickets: ir.Table | None = None,
+    surveys: ir.Table | None = None,
+    activity_window_days: int = 90,
+) -> ir.Table:
+    """Return one row of behavioural features per customer, from data before ``cutoff``.
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders (customer_id, order_id, order_ts, amount, status[, channel]).
+    cutoff : date or ISO string
+        Features read rows with time strictly before this instant (midnight).
+    customers : ibis Table, optional
+        Clean customers; when given, every customer who signed up before the
+        cutoff gets a row (zeros for those who never bought) and tenure counts
+        from signup.
+    events, tickets, surveys : ibis Table, optional
+        Clean behaviour, support and survey tables; add their features when given.
+    activity_window_days : int, default 90
+        Window before the cutoff for the recent-activity counts.
+
+    Returns
+    -------
+    ibis Table
+        customer_id, frequency, monetary_total, monetary_mean, first_order_ts,
+        last_order_ts, recency_days, tenure_days, n_refunds, orders_recent,
+        share_app, share_online, share_store, and when given events_recent,
+        n_tickets, mean_satisfaction, mean_nps, mean_csat.
+
+    Raises
+    ------
+    ValueError
+        If a required column is missing.
+    """
+    _require(orders, ["customer_id", "order_id", "order_ts", "amount", "status"], "orders")
+    c = _ts(cutoff)
+    recent = c - ibis.interval(days=activity_window_days)
+    before = orders.filter(orders.order_ts < c)
+    paid = paid_orders(before)
+    has_channel = "channel" in orders.columns
+    aggs = {
+        "frequency": paid.count(),
+        "monetary_total": paid.amount.sum().cast("float64"),
+        "monetary_mean": paid.amount.mean().cast("float64"),
+        "first_order_ts": paid.order_ts.min(),
+        "last_order_ts": paid.order_ts.max(),
+        "orders_recent": (paid.order_ts >= recent).sum().cast("int64"),
+    }
+    if has_channel:
+        for ch in ("app", "online", "store"):
+            aggs[f"share_{ch}"] = (paid.channel == ch).cast("float64").mean()
+    buy = paid.group_by("customer_id").aggregate(**aggs)
+    refunds = before.filter(before.status == "refunded")
+    ref = refunds.group_by("customer_id").aggregate(n_refunds=refunds.count())
+
+    if customers is not None:
+        _require(customers, ["customer_id", "signup_date"], "customers")
+        base = customers.filter(customers.signup_date.cast("timestamp") < c).select(
+            "customer_id", signup_ts=customers.signup_date.cast("timestamp")
+        )
+        out = base.left_join(buy, "customer_id").drop("customer_id_right")
+        start = ibis.least(out.signup_ts, out.first_order_ts.fill_null(out.signup_ts))
+    else:
+        out = buy
+        start = out.first_order_ts
+    out = out.left_join(ref, "customer_id").drop("customer_id_right")
+    out = out.mutate(
+        frequency=out.frequency.fill_null(0).cast("int64"),
+        monetary_total=out.monetary_total.fill_null(0.0),
+        monetary_mean=out.monetary_mean.fill_null(0.0),
+        orders_recent=out.orders_recent.fill_null(0).cast("int64"),
+        n_refunds=out.n_refunds.fill_null(0).cast("int64"),
+        recency_days=c.date().delta(out.last_order_ts.date(), unit="day").cast("int64"),
+        tenure_days=c.date().delta(start.date(), unit="day").cast("int64"),
+    )
+    if has_channel:
+        out = out.mutate(
+            **{
+                f"share_{ch}": out[f"share_{ch}"].fill_null(0.0)
+                for ch in ("app", "online", "store")
+            }
+        )
+    if customers is not None:
+        out = out.drop("signup_ts")
+    if events is not None:
+        _require(events, ["customer_id", "ts"], "events")
+        ev = events.filter((events.ts < c) & (events.ts >= recent))
+        agg = ev.group_by("customer_id").aggregate(events_recent=ev.count())
+        out = out.left_join(agg, "customer_id").drop("customer_id_right")
+        out = out.mutate(events_recent=out.events_recent.fill_null(0).cast("int64"))
+    if tickets is not None:
+        _require(tickets, ["customer_id", "opened_at", "satisfaction"], "tickets")
+        tk = tickets.filter(tickets.opened_at < c)
+        agg = tk.group_by("customer_id").aggregate(
+            n_tickets=tk.count(), mean_satisfaction=tk.satisfaction.mean().cast("float64")
+        )
+        out = out.left_join(agg, "customer_id").drop("customer_id_right")
+        out = out.mutate(n_tickets=out.n_tickets.fill_null(0).cast("int64"))
+    if surveys is not None:
+        _require(surveys, ["customer_id", "answered_at", "nps", "csat"], "surveys")
+        sv = surveys.filter(surveys.answered_at < c)
+        agg = sv.group_by("customer_id").aggregate(
+            mean_nps=sv.nps.mean().cast("float64"), mean_csat=sv.csat.mean().cast("float64")
+        )
+        out = out.left_join(agg, "customer_id").drop("customer_id_right")
+    return out
+
+
+def sales_series(
+    orders: ir.Table,
+    freq: str = "week",
+    by: str | None = None,
+    start: dt.date | str | None = None,
+    end: dt.date | str | None = None,
+) -> ir.Table:
+    """Return revenue and order counts per calendar period (and group).
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders; only paid, non-outlier orders count (see :func:`paid_orders`).
+    freq : {"day", "week", "month"}, default "week"
+        Period length; weeks start on Monday.
+    by : str, optional
+        Column to split the series by (e.g. ``region``).
+    start, end : date or ISO string, optional
+        Keep orders with ``start <= order_ts < end``.
+
+    Returns
+    -------
+    ibis Table
+        period (timestamp), [by], revenue (float64), n_orders (int64); periods
+        without sales are absent (fill them with :func:`crm_analytics.forecast.complete_series`).
+
+    Raises
+    ------
+    ValueError
+        If ``freq`` is unknown or a column is missing.
+    """
+    if freq not in FREQUENCIES:
+        raise ValueError(f"freq must be one of {', '.join(FREQUENCIES)}, got {freq!r}")
+    _require(orders, ["order_ts", "amount", "status"], "orders")
+    if by is not None:
+        _require(orders, [by], "orders")
+    paid = paid_orders(orders)
+    if start is not None:
+        paid = paid.filter(paid.order_ts >= _ts(start))
+    if end is not None:
+        paid = paid.filter(paid.order_ts < _ts(end))
+    keys = {"period": paid.order_ts.truncate(FREQUENCIES[freq]).cast("timestamp")}
+    if by is not None:
+        keys[by] = paid[by]
+    out = paid.group_by(**keys).aggregate(
+        revenue=paid.amount.sum().cast("float64"), n_orders=paid.count().cast("int64")
+    )
+    return out.order_by(["period", by] if by else ["period"])
+
+
+def churn_labels(
+    orders: ir.Table,
+    cutoff: dt.date | str,
+    window_days: int,
+) -> ir.Table:
+    """Return the churn label of every customer who bought before ``cutoff``.
+
+    A customer is *active at the cutoff* if they have a paid order before it;
+    they are labelled churned (1) when they have no paid order in
+    ``[cutoff, cutoff + window_days)``. Only the label reads data at or after
+    the cutoff.
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders.
+    cutoff : date or ISO string
+        Start of the label window.
+    window_days : int
+        Length of the label window.
+
+    Returns
+    -------
+    ibis Table
+        customer_id, churned (int8).
+    """
+    c = _ts(cutoff)
+    paid = paid_orders(orders)
+    active = paid.filter(paid.order_ts < c).select("customer_id").distinct()
+    after = paid.filter(
+        (paid.order_ts >= c) & (paid.order_ts < c + ibis.interval(days=window_days))
+    )
+    bought = after.select("customer_id").distinct().mutate(bought=ibis.literal(1))
+    out = active.left_join(bought, "customer_id").drop("customer_id_right")
+    return out.select(
+        "customer_id", churned=ibis.cases((out.bought.isnull(), 1), else_=0).cast("int8")
+    )

@@ -1,0 +1,313 @@
+"""Figures, in one theme. Every ``plot_*`` draws on ``ax`` (a new one if None) and returns it."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import font_manager
+from matplotlib.axes import Axes
+
+CJK_FONTS: tuple[str, ...] = (
+    "Noto Sans CJK SC",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "SimHei",
+    "Microsoft YaHei",
+    "PingFang SC",
+)
+"""Fonts able to show Chinese text, in order of preference."""
+
+PALETTE = "deep"
+
+
+def set_theme() -> list[str]:
+    """Apply the project's plot theme; use a CJK-capable font when one is installed.
+
+    Returns
+    -------
+    list of str
+        The sans-serif font list now in effect.
+    """
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    cjk = [f for f in CJK_FONTS if f in installed]
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
+    fonts = [*cjk, "DejaVu Sans"]
+    plt.rcParams.update(
+        {
+            "font.sans-serif": fonts,
+            "axes.unicode_minus": False,
+            "figure.figsize": (8, 4.2),
+            "figure.dpi": 100,
+            "axes.titleweight": "bold",
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+    )
+    return fonts
+
+
+def _ax(ax: Axes | None) -> Axes:
+    """Return ``ax`` or a new Axes."""
+    if ax is None:
+        _, ax = plt.subplots()
+    return ax
+
+
+def plot_source_rows(counts: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Bar chart of raw rows per table.
+
+    Parameters
+    ----------
+    counts : pandas.DataFrame
+        Columns ``table`` and ``rows``.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    sns.barplot(data=counts, y="table", x="rows", ax=ax, color=sns.color_palette(PALETTE)[0])
+    ax.set(title="Rows read per table", xlabel="rows", ylabel="")
+    return ax
+
+
+def plot_row_accounting(acc: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Stacked bars: where every input row of each table went.
+
+    Parameters
+    ----------
+    acc : pandas.DataFrame
+        Columns ``table``, ``kept``, ``duplicates``, ``quarantined``.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    shares = acc.set_index("table")[["kept", "duplicates", "quarantined"]]
+    shares = shares.div(shares.sum(axis=1).replace(0, 1), axis=0) * 100
+    shares.plot.barh(stacked=True, ax=ax, width=0.7)
+    ax.set(title="Row accounting (% of input rows)", xlabel="% of input rows", ylabel="")
+    ax.legend(loc="lower right", frameon=True)
+    return ax
+
+
+def plot_segment_sizes(summary: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Horizontal bars of customers and revenue share per segment.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        Output of :func:`crm_analytics.segment.segment_summary`.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    d = summary.sort_values("customers")
+    y = np.arange(len(d))
+    ax.barh(y - 0.2, d.share_customers * 100, height=0.4, label="% of customers")
+    ax.barh(y + 0.2, d.share_revenue * 100, height=0.4, label="% of revenue")
+    ax.set_yticks(y, d.segment)
+    ax.set(title="RFM segments: size and revenue", xlabel="%")
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_rf_heatmap(rfm: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Heatmap of customer counts by recency and frequency score.
+
+    Parameters
+    ----------
+    rfm : pandas.DataFrame
+        Columns ``r_score`` and ``f_score``.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    grid = rfm.pivot_table(
+        index="f_score", columns="r_score", values="customer_id", aggfunc="count", fill_value=0
+    ).sort_index(ascending=False)
+    sns.heatmap(grid, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
+    ax.set(
+        title="Customers by R and F score",
+        xlabel="recency score (5 = most recent)",
+        ylabel="frequency score",
+    )
+    return ax
+
+
+def plot_k_selection(
+    silhouette: dict[int, float], inertia: dict[int, float], chosen: int, ax: Axes | None = None
+) -> Axes:
+    """Silhouette (left axis) and inertia (right axis) per number of clusters.
+
+    Parameters
+    ----------
+    silhouette, inertia : dict
+        k -> score.
+    chosen : int
+        Selected k, marked.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The silhouette axes.
+    """
+    ax = _ax(ax)
+    ks = sorted(silhouette)
+    ax.plot(ks, [silhouette[k] for k in ks], marker="o", label="silhouette")
+    ax.axvline(chosen, color="grey", ls="--", lw=1)
+    ax.set(title=f"Choosing k (chosen: {chosen})", xlabel="clusters k", ylabel="silhouette")
+    ax2 = ax.twinx()
+    ax2.plot(ks, [inertia[k] for k in ks], marker="s", color="C1", label="inertia")
+    ax2.set_ylabel("inertia")
+    ax2.grid(False)
+    return ax
+
+
+def plot_roc(y_true: np.ndarray, scores: dict[str, np.ndarray], ax: Axes | None = None) -> Axes:
+    """ROC curves of several models on the same labels.
+
+    Parameters
+    ----------
+    y_true : array-like
+        Labels.
+    scores : dict
+        Model name -> predicted probabilities.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    ax = _ax(ax)
+    for name, p in scores.items():
+        fpr, tpr, _ = roc_curve(y_true, p)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y_true, p):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set(title="ROC on the holdout", xlabel="false positive rate", ylabel="true positive rate")
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_risk_tiers(tiers: pd.Series, ax: Axes | None = None) -> Axes:
+    """Bar chart of customers per churn-risk tier.
+
+    Parameters
+    ----------
+    tiers : pandas.Series
+        Tier of each customer (low/medium/high).
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    counts = tiers.value_counts().reindex(["low", "medium", "high"], fill_value=0)
+    ax.bar(counts.index, counts.to_numpy(), color=["C2", "C1", "C3"])
+    ax.set(title="Customers per churn-risk tier", ylabel="customers")
+    return ax
+
+
+def plot_forecast(
+    history: pd.DataFrame, forecast: pd.DataFrame, value: str = "revenue", ax: Axes | None = None
+) -> Axes:
+    """History with the point forecast and its 80% and 95% intervals.
+
+    Parameters
+    ----------
+    history : pandas.DataFrame
+        Columns ``period`` and ``value``.
+    forecast : pandas.DataFrame
+        Columns ``period``, ``point``, ``lower_80``, ``upper_80``, ``lower_95``, ``upper_95``.
+    value : str, default "revenue"
+        History column.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    ax.plot(history.period, history[value], color="C0", label="actual")
+    ax.fill_between(
+        forecast.period,
+        forecast.lower_95,
+        forecast.upper_95,
+        color="C1",
+        alpha=0.15,
+        label="95% interval",
+    )
+    ax.fill_between(
+        forecast.period,
+        forecast.lower_80,
+        forecast.upper_80,
+        color="C1",
+        alpha=0.3,
+        label="80% interval",
+    )
+    ax.plot(forecast.period, forecast.point, color="C1", label="forecast")
+    ax.set(
+        title=f"{value.replace('_', ' ').capitalize()}: history and forecast",
+        xlabel="",
+        ylabel=value,
+    )
+    ax.legend(loc="upper left")
+    return ax
+
+
+def plot_holdout(pred: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Holdout actuals against each model's forecast.
+
+    Parameters
+    ----------
+    pred : pandas.DataFrame
+        Column ``step`` or ``period``, ``actual`` and one column per model.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    x = pred["period"] if "period" in pred.columns else pred["step"]
+    ax.plot(x, pred.actual, color="black", lw=2, label="actual")
+    for col in pred.columns:
+        if col not in ("step", "period", "actual"):
+            ax.plot(x, pred[col], ls="--", marker=".", label=col)
+    ax.set(title="Holdout: actual vs forecasts", ylabel="revenue")
+    ax.legend()
+    return ax

@@ -1,0 +1,263 @@
+"""Run the stage notebooks in order with papermill and render the reports.
+
+A run writes ``reports/<run_id>/``: the executed notebooks, one HTML per stage
+(without code cells), ``index.html``, ``manifest.json`` and ``metrics.json``.
+``reports/latest`` points at the newest successful run. A failing stage stops
+the run with :class:`StageFailed` naming the notebook and the cell; the
+manifest of the failed run records it, and ``latest`` keeps pointing at the
+last good run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from crm_analytics.config import (
+    NOTEBOOKS,
+    STAGES,
+    load_params,
+    project_root,
+    resolve_path,
+    stage_parameters,
+)
+from crm_analytics.report import read_stage_metrics, render_html, write_index
+
+KERNEL_NAME = "crm-analytics"
+"""Jupyter kernel registered by ``make`` for the project's virtual environment."""
+
+PACKAGES: tuple[str, ...] = (
+    "crm-analytics",
+    "ibis-framework",
+    "duckdb",
+    "sqlglot",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "pandera",
+    "scikit-learn",
+    "pmdarima",
+    "lifetimes",
+    "papermill",
+    "nbconvert",
+    "seaborn",
+    "matplotlib",
+)
+
+
+class StageFailed(RuntimeError):
+    """A stage notebook raised; the message names the notebook, the cell and the error."""
+
+
+def package_versions() -> dict[str, str]:
+    """Return the installed versions of the packages that shape results.
+
+    Returns
+    -------
+    dict
+        Package -> version ("not installed" when absent).
+    """
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def kernel_name() -> str:
+    """Return the project kernel if registered, else the kernel of this interpreter.
+
+    Returns
+    -------
+    str
+        A Jupyter kernel name.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager().find_kernel_specs()
+    return KERNEL_NAME if KERNEL_NAME in specs else "python3"
+
+
+def stages_to_run(from_stage: str | None = None, only: str | None = None) -> list[str]:
+    """Return the stages selected by ``--from`` / ``--only``.
+
+    Parameters
+    ----------
+    from_stage : str, optional
+        First stage to run (later ones follow).
+    only : str, optional
+        The single stage to run.
+
+    Returns
+    -------
+    list of str
+        Stage names in run order.
+
+    Raises
+    ------
+    ValueError
+        If a stage name is unknown or both options are given.
+    """
+    for s in (from_stage, only):
+        if s is not None and s not in STAGES:
+            raise ValueError(f"unknown stage {s!r}; expected one of {', '.join(STAGES)}")
+    if from_stage and only:
+        raise ValueError("give --from or --only, not both")
+    if only:
+        return [only]
+    if from_stage:
+        return list(STAGES[STAGES.index(from_stage) :])
+    return list(STAGES)
+
+
+def _absolute_paths(params: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Make the store path absolute, so notebooks find it from any working directory."""
+    out = dict(params)
+    store = str(out.get("store", ""))
+    if store and "://" not in store and store != ":memory:":
+        out["store"] = str(resolve_path(store, root))
+    return out
+
+
+def _update_latest(reports: Path, run_id: str) -> None:
+    """Point ``reports/latest`` at ``run_id`` atomically."""
+    tmp = reports / f".latest-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(run_id, target_is_directory=True)
+    os.replace(tmp, reports / "latest")
+
+
+def run_pipeline(
+    params_file: str | Path,
+    run_id: str | None = None,
+    from_stage: str | None = None,
+    only: str | None = None,
+    reports_dir: str | Path = "reports",
+    kernel: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run the selected stages and write the run's reports.
+
+    Parameters
+    ----------
+    params_file : str or Path
+        Parameter YAML.
+    run_id : str, optional
+        Name of the run folder; a UTC timestamp by default.
+    from_stage, only : str, optional
+        Stage selection (see :func:`stages_to_run`).
+    reports_dir : str or Path, default "reports"
+        Parent folder of run folders (relative to the project root).
+    kernel : str, optional
+        Jupyter kernel; :func:`kernel_name` by default.
+    progress : bool, default True
+        Print progress lines.
+
+    Returns
+    -------
+    Path
+        The run folder.
+
+    Raises
+    ------
+    StageFailed
+        If a notebook fails.
+    FileExistsError
+        If the run folder already exists.
+    """
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    root = project_root()
+    params = _absolute_paths(load_params(resolve_path(params_file, root)), root)
+    stages = stages_to_run(from_stage, only)
+    run_id = run_id or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    reports = resolve_path(reports_dir, root)
+    run_dir = reports / run_id
+    if run_dir.exists():
+        raise FileExistsError(f"run folder {run_dir} already exists; pick another --run-id")
+    run_dir.mkdir(parents=True)
+    kernel = kernel or kernel_name()
+    manifest: dict[str, Any] = {
+        "run_id": run_id,
+        "params_file": str(params_file),
+        "parameters": params,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "status": "running",
+        "kernel": kernel,
+        "packages": package_versions(),
+        "command": " ".join(sys.argv),
+        "stages": [],
+    }
+    t_run = time.perf_counter()
+    failure: StageFailed | None = None
+    for i, stage in enumerate(stages, 1):
+        nb_name = NOTEBOOKS[stage]
+        out_nb = run_dir / nb_name
+        stage_params = {**stage_parameters(params, stage), "run_dir": str(run_dir)}
+        if progress:
+            print(f"[{i}/{len(stages)}] {stage}: running {nb_name} ...", flush=True)
+        entry: dict[str, Any] = {
+            "stage": stage,
+            "notebook": nb_name,
+            "status": "running",
+            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(root / "notebooks" / nb_name),
+                str(out_nb),
+                parameters=stage_params,
+                kernel_name=kernel,
+                cwd=str(root / "notebooks"),
+                progress_bar=False,
+                log_output=False,
+            )
+            entry["status"] = "ok"
+        except PapermillExecutionError as exc:
+            entry["status"] = "failed"
+            entry["error"] = (
+                f"cell {exc.cell_index} (execution {exc.exec_count}): {exc.ename}: {exc.evalue}"
+            )
+            failure = StageFailed(
+                f"stage {stage} failed in notebooks/{nb_name}, cell {exc.cell_index}: "
+                f"{exc.ename}: {exc.evalue} (executed notebook: {out_nb})"
+            )
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        entry["ended_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        if out_nb.exists():
+            html_name = nb_name.replace(".ipynb", ".html")
+            render_html(out_nb, run_dir / html_name)
+            entry["html"] = html_name
+        manifest["stages"].append(entry)
+        if progress:
+            print(f"      {entry['status']} in {entry['seconds']:.1f} s", flush=True)
+        if failure:
+            break
+    metrics = read_stage_metrics(run_dir)
+    manifest["input_fingerprint"] = metrics.get("collect", {}).get("input_fingerprint")
+    manifest["seconds"] = round(time.perf_counter() - t_run, 2)
+    manifest["ended_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    manifest["status"] = "failed" if failure else "ok"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    (run_dir / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False, default=str)
+    )
+    write_index(run_dir, manifest, metrics)
+    if failure:
+        raise failure
+    _update_latest(reports, run_id)
+    if progress:
+        print(f"report: {run_dir / 'index.html'}", flush=True)
+    return run_dir

@@ -1,0 +1,356 @@
+"""Stage 03, segment: RFM scores and named segments, and behavioural clusters.
+
+Per-customer features come from :func:`crm_analytics.features.customer_features`
+(computed in the store); the scoring and clustering here work on that small
+per-customer frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+from sklearn.preprocessing import StandardScaler
+
+RF_SEGMENT_RULES: list[tuple[tuple[int, int], tuple[int, int], str]] = [
+    ((1, 2), (1, 2), "Hibernating"),
+    ((1, 2), (3, 4), "At Risk"),
+    ((1, 2), (5, 5), "Can't Lose Them"),
+    ((3, 3), (1, 2), "About To Sleep"),
+    ((3, 3), (3, 3), "Need Attention"),
+    ((3, 4), (4, 5), "Loyal Customers"),
+    ((4, 4), (1, 1), "Promising"),
+    ((5, 5), (1, 1), "New Customers"),
+    ((4, 5), (2, 3), "Potential Loyalist"),
+    ((5, 5), (4, 5), "Champions"),
+]
+"""The classic R x F segment grid: (R range, F range, name), inclusive, for 5 bins."""
+
+CLUSTER_FEATURES: tuple[str, ...] = (
+    "recency_days",
+    "frequency",
+    "monetary_mean",
+    "tenure_days",
+    "share_app",
+    "share_online",
+    "share_store",
+    "n_refunds",
+)
+"""Default behavioural features for clustering (those present are used)."""
+
+
+def _require(frame: pd.DataFrame, columns: list[str]) -> None:
+    """Raise ``ValueError`` naming the first missing column."""
+    for c in columns:
+        if c not in frame.columns:
+            raise ValueError(f"missing column {c!r}")
+
+
+def quantile_score(values: pd.Series, bins: int = 5, higher_is_better: bool = True) -> pd.Series:
+    """Score values 1..``bins`` by quantile, ties broken by order of appearance.
+
+    Parameters
+    ----------
+    values : pandas.Series
+        Numeric values without missing entries.
+    bins : int, default 5
+        Number of scores.
+    higher_is_better : bool, default True
+        If False (recency), the smallest values get the highest score.
+
+    Returns
+    -------
+    pandas.Series
+        Integer scores with the same index.
+
+    Raises
+    ------
+    ValueError
+        If ``values`` has missing entries or ``bins`` < 2.
+    """
+    if bins < 2:
+        raise ValueError(f"bins must be at least 2, got {bins}")
+    if values.isna().any():
+        raise ValueError(f"cannot score {values.name!r}: it has missing values")
+    ranks = values.rank(method="first", ascending=higher_is_better)
+    scores = np.ceil(ranks / len(values) * bins).clip(1, bins).astype(int)
+    return pd.Series(scores, index=values.index, name=values.name)
+
+
+def rf_segment_map(
+    rules: list[tuple[tuple[int, int], tuple[int, int], str]] | None = None, bins: int = 5
+) -> dict[tuple[int, int], str]:
+    """Expand segment rules into an (R, F) -> segment map, checking it is a partition.
+
+    Parameters
+    ----------
+    rules : list, optional
+        (R range, F range, name) triples; :data:`RF_SEGMENT_RULES` by default.
+    bins : int, default 5
+        Score range the rules must cover.
+
+    Returns
+    -------
+    dict
+        (R, F) -> segment name for every cell.
+
+    Raises
+    ------
+    ValueError
+        If two rules claim a cell (overlap) or a cell has no rule (gap); the
+        message names the cells.
+    """
+    cells: dict[tuple[int, int], str] = {}
+    overlaps = []
+    for (r0, r1), (f0, f1), name in rules or RF_SEGMENT_RULES:
+        for r in range(r0, r1 + 1):
+            for f in range(f0, f1 + 1):
+                if (r, f) in cells:
+                    overlaps.append(f"R{r}F{f} ({cells[(r, f)]} / {name})")
+                cells[(r, f)] = name
+    gaps = [
+        f"R{r}F{f}" for r in range(1, bins + 1) for f in range(1, bins + 1) if (r, f) not in cells
+    ]
+    if overlaps:
+        raise ValueError("segment rules overlap in " + ", ".join(overlaps))
+    if gaps:
+        raise ValueError("segment rules leave cells without a segment: " + ", ".join(gaps))
+    return cells
+
+
+def rfm_table(
+    features: pd.DataFrame,
+    bins: int = 5,
+    customer_col: str = "customer_id",
+    recency_col: str = "recency_days",
+    frequency_col: str = "frequency",
+    monetary_col: str = "monetary_total",
+) -> pd.DataFrame:
+    """Return RFM scores and segment names for customers who bought at least once.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        Per-customer features.
+    bins : int, default 5
+        Number of score levels (the segment grid needs 5).
+    customer_col, recency_col, frequency_col, monetary_col : str
+        Column names.
+
+    Returns
+    -------
+    pandas.DataFrame
+        customer_id, recency_days, frequency, monetary_total, r_score, f_score,
+        m_score, rfm_cell (e.g. "545"), segment. A new frame; the input is untouched.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing.
+    """
+    _require(features, [customer_col, recency_col, frequency_col, monetary_col])
+    buyers = features.loc[
+        features[frequency_col] > 0, [customer_col, recency_col, frequency_col, monetary_col]
+    ].copy()
+    buyers = buyers.sort_values(customer_col, kind="stable").reset_index(drop=True)
+    buyers["r_score"] = quantile_score(buyers[recency_col], bins, higher_is_better=False)
+    buyers["f_score"] = quantile_score(buyers[frequency_col], bins)
+    buyers["m_score"] = quantile_score(buyers[monetary_col], bins)
+    buyers["rfm_cell"] = (
+        buyers.r_score.astype(str) + buyers.f_score.astype(str) + buyers.m_score.astype(str)
+    )
+    if bins == 5:
+        cells = rf_segment_map()
+        buyers["segment"] = [
+            cells[(r, f)] for r, f in zip(buyers.r_score, buyers.f_score, strict=True)
+        ]
+    else:
+        buyers["segment"] = "R" + buyers.r_score.astype(str) + "F" + buyers.f_score.astype(str)
+    return buyers
+
+
+def segment_summary(rfm: pd.DataFrame, monetary_col: str = "monetary_total") -> pd.DataFrame:
+    """Return size, revenue share and mean RFM values per segment.
+
+    Parameters
+    ----------
+    rfm : pandas.DataFrame
+        Output of :func:`rfm_table`.
+    monetary_col : str, default "monetary_total"
+        Revenue column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        segment, customers, share_customers, revenue, share_revenue,
+        mean_recency_days, mean_frequency, mean_monetary; largest first.
+    """
+    _require(rfm, ["segment", "recency_days", "frequency", monetary_col])
+    g = rfm.groupby("segment")
+    out = pd.DataFrame(
+        {
+            "customers": g.size(),
+            "revenue": g[monetary_col].sum(),
+            "mean_recency_days": g["recency_days"].mean(),
+            "mean_frequency": g["frequency"].mean(),
+            "mean_monetary": g[monetary_col].mean(),
+        }
+    )
+    out["share_customers"] = out.customers / out.customers.sum()
+    out["share_revenue"] = out.revenue / out.revenue.sum()
+    cols = [
+        "customers",
+        "share_customers",
+        "revenue",
+        "share_revenue",
+        "mean_recency_days",
+        "mean_frequency",
+        "mean_monetary",
+    ]
+    return out[cols].sort_values("customers", ascending=False).reset_index()
+
+
+class BehaviourClusters:
+    """K-means on standardised behavioural features, k chosen by silhouette.
+
+    Parameters
+    ----------
+    k_min, k_max : int, default 2, 8
+        Range of cluster counts tried.
+    sample_size : int, default 5000
+        Customers sampled to compute silhouette scores (its cost is quadratic).
+    features : tuple of str, optional
+        Feature columns; :data:`CLUSTER_FEATURES` present in the frame by default.
+    seed : int, default 42
+        Random seed of sampling and k-means.
+
+    Attributes
+    ----------
+    features_ : list of str
+        Columns used.
+    silhouette_ : dict
+        k -> silhouette score on the sample.
+    inertia_ : dict
+        k -> k-means inertia on the sample.
+    k_ : int
+        Chosen number of clusters.
+    scaler_ : StandardScaler
+        Fitted scaler.
+    model_ : KMeans
+        Fitted model on all customers.
+    """
+
+    def __init__(
+        self,
+        k_min: int = 2,
+        k_max: int = 8,
+        sample_size: int = 5000,
+        features: tuple[str, ...] | None = None,
+        seed: int = 42,
+    ) -> None:
+        self.k_min = k_min
+        self.k_max = k_max
+        self.sample_size = sample_size
+        self.features = features
+        self.seed = seed
+
+    def _matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """Return the log-transformed feature matrix (missing values as 0)."""
+        x = frame[self.features_].astype(float).fillna(0.0).to_numpy()
+        return np.sign(x) * np.log1p(np.abs(x))
+
+    def fit(self, frame: pd.DataFrame) -> BehaviourClusters:
+        """Choose k on a sample and fit k-means on all rows.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            Per-customer features.
+
+        Returns
+        -------
+        BehaviourClusters
+            self.
+
+        Raises
+        ------
+        ValueError
+            If no feature column is present or there are fewer rows than ``k_max``.
+        """
+        wanted = self.features or CLUSTER_FEATURES
+        self.features_ = [c for c in wanted if c in frame.columns]
+        if not self.features_:
+            raise ValueError(f"none of the clustering features {list(wanted)} is in the frame")
+        if len(frame) <= self.k_max:
+            raise ValueError(f"need more than k_max={self.k_max} rows to cluster, got {len(frame)}")
+        x = self._matrix(frame)
+        self.scaler_ = StandardScaler().fit(x)
+        z = self.scaler_.transform(x)
+        rng = np.random.default_rng(self.seed)
+        idx = rng.choice(len(z), size=min(self.sample_size, len(z)), replace=False)
+        zs = z[idx]
+        self.silhouette_: dict[int, float] = {}
+        self.inertia_: dict[int, float] = {}
+        for k in range(self.k_min, self.k_max + 1):
+            km = KMeans(n_clusters=k, n_init=4, random_state=self.seed).fit(zs)
+            self.inertia_[k] = float(km.inertia_)
+            self.silhouette_[k] = float(silhouette_score(zs, km.labels_, random_state=self.seed))
+        self.k_ = max(self.silhouette_, key=lambda k: self.silhouette_[k])
+        self.model_ = KMeans(n_clusters=self.k_, n_init=4, random_state=self.seed).fit(z)
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Return the cluster of each row.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            Per-customer features with the fitted columns.
+
+        Returns
+        -------
+        numpy.ndarray
+            Cluster numbers 0..k-1.
+        """
+        return self.model_.predict(self.scaler_.transform(self._matrix(frame)))
+
+
+def cluster_profiles(frame: pd.DataFrame, labels: np.ndarray, features: list[str]) -> pd.DataFrame:
+    """Describe clusters: size, feature means and what sets each apart.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Per-customer features.
+    labels : numpy.ndarray
+        Cluster of each row.
+    features : list of str
+        Columns to profile.
+
+    Returns
+    -------
+    pandas.DataFrame
+        cluster, customers, the mean of each feature, and ``description``:
+        the two features furthest above and below the overall mean (in standard
+        deviations), in words.
+    """
+    _require(frame, features)
+    data = frame[features].astype(float)
+    overall_mean, overall_sd = data.mean(), data.std(ddof=0).replace(0, 1)
+    rows = []
+    for c in sorted(np.unique(labels)):
+        part = data[labels == c]
+        z = (part.mean() - overall_mean) / overall_sd
+        top = z.sort_values()
+        words = [f"high {n.replace('_', ' ')}" for n in top.index[::-1][:2] if top[n] > 0.25]
+        words += [f"low {n.replace('_', ' ')}" for n in top.index[:2] if top[n] < -0.25]
+        rows.append(
+            {
+                "cluster": int(c),
+                "customers": len(part),
+                **part.mean().round(2).to_dict(),
+                "description": ", ".join(words) or "close to average",
+            }
+        )
+    return pd.DataFrame(rows)

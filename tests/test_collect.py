@@ -1,0 +1,182 @@
+import sqlite3
+
+import pandas as pd
+import pytest
+from pandas.testing import assert_frame_equal
+
+from crm_analytics import collect
+from crm_analytics.schemas import TABLES
+
+ORDER_HEADER = "order_id,customer_id,order_ts,amount,currency,status,channel,region\n"
+
+
+def _orders_csv(path, rows, encoding="utf-8"):
+    path.write_text(ORDER_HEADER + "".join(r + "\n" for r in rows), encoding=encoding)
+    return path
+
+
+def test_csv_rows_keep_file_and_row_number(duck, tmp_path):
+    _orders_csv(
+        tmp_path / "a.csv",
+        [
+            "O1,C1,2025-01-01 10:00:00,10,CNY,paid,app,East",
+            "O2,C2,2025-01-02 10:00:00,oops,CNY,paid,app,East",
+        ],
+    )
+    _orders_csv(tmp_path / "b.csv", ["O3,C1,2025-02-01 10:00:00,5.5,CNY,paid,store,"])
+    files = collect.collect_sources(
+        duck, {"orders": {"kind": "csv", "path": str(tmp_path / "*.csv")}}
+    )
+    assert list(files.rows) == [2, 1]
+    raw = duck.table("raw_orders").to_pandas().sort_values(["_source", "_source_row"])
+    assert list(raw.order_id) == ["O1", "O2", "O3"]
+    assert list(raw._source_row) == [1, 2, 1]
+    assert raw._source.str.endswith(("a.csv", "a.csv", "b.csv")).all()
+    assert raw.loc[raw.order_id == "O2", "amount"].item() == "oops"  # text, typed later
+    # every canonical table exists, empty when it has no source
+    assert {f"raw_{t}" for t in TABLES} <= set(duck.list_tables())
+    assert duck.table("raw_events").count().to_pandas() == 0
+
+
+def test_missing_required_column_names_file_and_column(duck, tmp_path):
+    f = tmp_path / "orders.csv"
+    f.write_text("order_id,customer_id,amount\nO1,C1,3\n")
+    with pytest.raises(collect.SourceError, match=r"orders\.csv.*order_ts.*currency.*status"):
+        collect.collect_sources(duck, {"orders": {"kind": "csv", "path": str(f)}})
+
+
+def test_column_mapping_and_defaults(duck, tmp_path):
+    f = tmp_path / "export.csv"
+    f.write_text("OrderNo,Client,When,Total,State\nX1,K9,2025-03-01,12.5,paid\n")
+    spec = {
+        "kind": "csv",
+        "path": str(f),
+        "columns": {
+            "OrderNo": "order_id",
+            "Client": "customer_id",
+            "When": "order_ts",
+            "Total": "amount",
+            "State": "status",
+        },
+        "defaults": {"currency": "EUR"},
+    }
+    collect.collect_sources(duck, {"orders": spec})
+    got = (
+        duck.table("raw_orders")
+        .select("order_id", "customer_id", "amount", "currency", "channel")
+        .to_pandas()
+    )
+    expected = pd.DataFrame(
+        {
+            "order_id": ["X1"],
+            "customer_id": ["K9"],
+            "amount": ["12.5"],
+            "currency": ["EUR"],
+            "channel": [None],
+        }
+    )
+    assert_frame_equal(got, expected, check_dtype=False)
+
+
+@pytest.mark.parametrize("encoding", ["gbk", "gb18030"])
+def test_chinese_encoded_csv_is_transcoded(duck, tmp_path, encoding):
+    f = tmp_path / "surveys.csv"
+    f.write_text(
+        "customer_id,answered_at,nps,csat,comment\nC1,2025-01-01 09:00:00,9,5,物流很快\n",
+        encoding=encoding,
+    )
+    collect.collect_sources(
+        duck, {"surveys": {"kind": "csv", "path": str(f), "encoding": encoding}}
+    )
+    assert duck.table("raw_surveys").comment.to_pandas().tolist() == ["物流很快"]
+
+
+def test_undecodable_file_names_byte_offset(tmp_path):
+    f = tmp_path / "bad.csv"
+    f.write_bytes(b"a,b\n1,\xff\xff\n")
+    with pytest.raises(collect.SourceError, match=r"bad\.csv: cannot decode byte \d+ as utf-8"):
+        collect.transcode_to_utf8(f, "utf-8", tmp_path / "out.csv")
+
+
+def test_jsonl_excel_and_sqlite_sources(duck, tmp_path):
+    ev = tmp_path / "events.jsonl"
+    ev.write_text(
+        '{"customer_id": "C1", "ts": "2025-01-01T10:00:00", "event_type": "view"}\n'
+        '{"customer_id": "C2", "ts": "2025-01-02T10:00:00", "event_type": "login", "page": "home"}\n'
+    )
+    tk = tmp_path / "tickets.xlsx"
+    pd.DataFrame(
+        {
+            "ticket_id": ["T1"],
+            "customer_id": ["C1"],
+            "opened_at": ["2025-01-03 08:00:00"],
+            "satisfaction": [4],
+        }
+    ).to_excel(tk, index=False)
+    db = tmp_path / "crm.sqlite"
+    with sqlite3.connect(db) as c:
+        c.execute("create table people (customer_id text, signup_date text, name text)")
+        c.executemany(
+            "insert into people values (?,?,?)",
+            [("C1", "2024-12-01", "王伟"), ("C2", "2024-12-02", None)],
+        )
+    files = collect.collect_sources(
+        duck,
+        {
+            "events": {"kind": "jsonl", "path": str(ev)},
+            "tickets": {"kind": "excel", "path": str(tk)},
+            "customers": {"kind": "sql", "url": f"sqlite:///{db}", "table": "people"},
+        },
+    )
+    assert dict(zip(files.table, files.rows, strict=True)) == {
+        "events": 2,
+        "tickets": 1,
+        "customers": 2,
+    }
+    cust = duck.table("raw_customers").order_by("customer_id").to_pandas()
+    assert list(cust.name) == ["王伟", None]
+    assert cust._source.iloc[0].endswith("crm.sqlite#people")
+    assert duck.table("raw_tickets").satisfaction.to_pandas().tolist() == ["4"]
+    assert duck.table("raw_events").page.to_pandas().tolist() == [None, "home"]
+
+
+def test_unknown_table_or_kind(duck):
+    with pytest.raises(collect.SourceError, match="unknown table 'sales'"):
+        collect.collect_sources(duck, {"sales": {"kind": "csv", "path": "x"}})
+    with pytest.raises(collect.SourceError, match="unknown kind 'xml'"):
+        collect.collect_sources(duck, {"orders": {"kind": "xml"}})
+
+
+def test_missing_path_is_an_error(duck, tmp_path):
+    with pytest.raises(collect.SourceError, match="matches no file"):
+        collect.collect_sources(
+            duck, {"orders": {"kind": "csv", "path": str(tmp_path / "none*.csv")}}
+        )
+
+
+def test_cdnow_sample_is_the_real_dataset(duck):
+    files = collect.collect_sources(duck, {"orders": {"kind": "cdnow", "variant": "sample"}})
+    rows = dict(zip(files.table, files.rows, strict=True))
+    # the CDNOW 1/10 sample: 2,357 customers, all first buying in Q1 1997
+    assert rows["customers"] == 2357
+    assert rows["orders"] == rows["order_items"] > rows["customers"]
+    o = duck.table("raw_orders").to_pandas()
+    assert o.order_ts.min().startswith("1997-01-01") and o.order_ts.max() < "1998-07-01"
+    assert (o.currency == "USD").all()
+
+
+def test_redact_url_hides_password():
+    assert (
+        collect.redact_url("postgresql://bob:s3cret@db:5432/crm")
+        == "postgresql://bob:***@db:5432/crm"
+    )
+    assert collect.redact_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_input_fingerprint_is_order_independent():
+    a = pd.DataFrame(
+        {"table": ["t", "u"], "source": ["a", "b"], "sha256": ["1", "2"], "rows": [1, 2]}
+    )
+    assert collect.input_fingerprint(a) == collect.input_fingerprint(a.iloc[::-1])
+    b = a.assign(rows=[1, 3])
+    assert collect.input_fingerprint(a) != collect.input_fingerprint(b)

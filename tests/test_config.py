@@ -1,0 +1,99 @@
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crm_analytics import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_load_params_requires_store(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("cutoff_date: '2020-01-01'\n")
+    with pytest.raises(ValueError, match="missing required key 'store'"):
+        config.load_params(f)
+
+
+def test_load_params_rejects_non_mapping_section(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("store: x.duckdb\nchurn: [1, 2]\n")
+    with pytest.raises(ValueError, match="section 'churn' must be a mapping"):
+        config.load_params(f)
+
+
+def test_load_params_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
+        config.load_params(tmp_path / "nope.yaml")
+
+
+def test_stage_parameters_merge_global_and_section():
+    params = {
+        "store": "s.duckdb",
+        "seed": 1,
+        "generate": {"customers": 5},
+        "churn": {"seed": 2, "churn_window_days": 30},
+        "collect": {},
+        "clean": {},
+        "segment": {},
+        "forecast": {},
+    }
+    got = config.stage_parameters(params, "churn")
+    assert got == {"store": "s.duckdb", "seed": 2, "churn_window_days": 30}
+    with pytest.raises(ValueError, match="unknown stage"):
+        config.stage_parameters(params, "nope")
+
+
+def test_resolve_path_relative_to_root(tmp_path):
+    assert config.resolve_path("a/b", tmp_path) == tmp_path / "a/b"
+    assert config.resolve_path("/x/y", tmp_path) == Path("/x/y")
+
+
+def _parameters_cell(nb_path: Path) -> str:
+    nb = json.loads(nb_path.read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"{nb_path.name}: expected one parameters cell, found {len(cells)}"
+    return "".join(cells[0]["source"])
+
+
+@pytest.mark.parametrize("stage", config.STAGES)
+def test_notebook_parameter_cell_is_typed_literals_with_comments(stage):
+    src = _parameters_cell(ROOT / "notebooks" / config.NOTEBOOKS[stage])
+    tree = ast.parse(src)
+    for node in tree.body:
+        assert isinstance(node, ast.AnnAssign), f"{stage}: parameters must be annotated assignments"
+        ast.literal_eval(node.value)  # literals only: raises on any expression
+    for line in src.splitlines():
+        if line and not line.startswith((" ", "}")):
+            assert "#" in line, f"{stage}: parameter line without a comment: {line}"
+
+
+@pytest.mark.parametrize("stage", config.STAGES)
+def test_notebook_defaults_match_default_params(stage):
+    """The notebook's defaults are the default parameter set, so interactive runs match `make run`."""
+    src = _parameters_cell(ROOT / "notebooks" / config.NOTEBOOKS[stage])
+    defaults = {n.target.id: ast.literal_eval(n.value) for n in ast.parse(src).body}
+    params = config.stage_parameters(config.load_params(ROOT / "params" / "default.yaml"), stage)
+    assert set(params) <= set(defaults), f"{stage}: parameters not declared in the notebook"
+    for key, value in params.items():
+        assert defaults[key] == value, (
+            f"{stage}: notebook default of {key} differs from default.yaml"
+        )
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "cdnow.yaml", "cdnow-full.yaml"])
+def test_shipped_param_files_load(name):
+    params = config.load_params(ROOT / "params" / name)
+    assert params["collect"]["sources"]
+    assert yaml.safe_load((ROOT / "params" / name).read_text())["cutoff_date"]
+
+
+def test_committed_notebooks_have_no_outputs():
+    for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(nb_path.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert cell.get("outputs") == [], f"{nb_path.name} has outputs: clear them"
+                assert cell.get("execution_count") is None, f"{nb_path.name} has execution counts"

@@ -1,0 +1,83 @@
+import hashlib
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crm_analytics import generate as gen
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in {".csv", ".jsonl"}):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_same_data(tmp_path):
+    a = gen.generate(tmp_path / "a", 120, seed=3)
+    b = gen.generate(tmp_path / "b", 120, seed=3)
+    gen.generate(tmp_path / "c", 120, seed=4)
+    assert a.rows == b.rows
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_chunking_keeps_ids_unique(tmp_path):
+    res = gen.generate(tmp_path / "d", 250, seed=1, chunk_size=60)
+    ids = pd.read_sql(
+        "select customer_id from customers", sqlite3.connect(tmp_path / "d" / "crm.sqlite")
+    )
+    assert ids.customer_id.is_unique
+    assert len(ids) == res.rows["customers"]
+    orders = pd.concat(pd.read_csv(f, dtype=str) for f in (tmp_path / "d" / "orders").glob("*.csv"))
+    # every order id repeats only as an injected exact duplicate row
+    dup = orders[orders.order_id.duplicated(keep=False)]
+    assert (dup.groupby("order_id").nunique() == 1).all().all()
+
+
+def test_sources_and_truth_written(tiny_dataset):
+    d = tiny_dataset
+    assert (d / "crm.sqlite").is_file() and (d / "tickets.xlsx").is_file()
+    assert list((d / "orders").glob("orders_*.csv")) and list((d / "events").glob("*.jsonl"))
+    surveys = pd.read_csv(d / "surveys.csv", encoding="gbk")
+    assert {"customer_id", "nps", "csat", "comment"} <= set(surveys.columns)
+    raw = (d / "surveys.csv").read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")  # GBK, as Chinese survey tools export
+    assert any(c in raw.decode("gbk") for c in gen.COMMENTS_GOOD + gen.COMMENTS_BAD)
+    truth = pd.read_parquet(d / "truth" / "customers.parquet")
+    assert set(truth.persona) <= set(gen.PERSONAS)
+    assert truth.duplicate_of.notna().any()
+    defects = pd.read_csv(d / "truth" / "defects.csv")
+    assert {"negative_amount", "exact_duplicate_row", "duplicate_record"} <= set(defects.defect)
+
+
+def test_orders_stop_at_true_dropout(tiny_dataset):
+    d = tiny_dataset
+    truth = pd.read_parquet(d / "truth" / "customers.parquet").set_index("customer_id")
+    orders = pd.concat(pd.read_csv(f, dtype=str) for f in (d / "orders").glob("*.csv"))
+    defects = pd.read_csv(d / "truth" / "defects.csv")
+    orders = orders[~orders.order_id.isin(defects.loc[defects.defect == "future_date", "key"])]
+    orders["ts"] = pd.to_datetime(orders.order_ts)
+    last = orders.groupby("customer_id").ts.max()
+    drop = pd.to_datetime(truth.loc[last.index, "dropout_date"])
+    assert (last.dt.normalize() <= drop).all()
+
+
+def test_calendar_intensity_peaks():
+    days = pd.date_range("2025-01-01", "2025-12-31")
+    m = pd.Series(gen.calendar_intensity(days), index=days)
+    assert np.isclose(m.mean(), 1.0)
+    assert m["2025-11-11"] > 3 * m.median()
+    assert m["2025-06-18"] > 2 * m.median()
+    assert m["2025-01-30"] < m.median()  # Spring Festival holiday dip
+
+
+def test_generate_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="at least 10"):
+        gen.generate(tmp_path / "x", 5)
+    with pytest.raises(ValueError, match="must be after"):
+        gen.generate(tmp_path / "x", 50, start="2025-01-01", end="2024-01-01")
