@@ -192,7 +192,10 @@ def test_standardised_and_typed_values(cleaned):
     assert c.gender.tolist() == ["M", "F"]
     assert c.consent_marketing.tolist() == [True, False]
     assert c.country.tolist() == ["CN", None]
-    assert list(pd.to_datetime(c.signup_date)) == [pd.Timestamp("2024-01-05"), pd.Timestamp("2024-02-01")]
+    assert list(pd.to_datetime(c.signup_date)) == [
+        pd.Timestamp("2024-01-05"),
+        pd.Timestamp("2024-02-01"),
+    ]
     o = con.table("orders").order_by("order_id").to_pandas()
     assert o.status.tolist() == ["paid", "refunded"]
     assert o.channel.tolist() == ["app", None]

@@ -97,3 +97,13 @@ def test_committed_notebooks_have_no_outputs():
             if cell["cell_type"] == "code":
                 assert cell.get("outputs") == [], f"{nb_path.name} has outputs: clear them"
                 assert cell.get("execution_count") is None, f"{nb_path.name} has execution counts"
+
+
+@pytest.mark.parametrize("stage", config.STAGES)
+def test_papermill_reads_every_parameter(stage):
+    """papermill's own parser must see every parameter (it silently skips lines it cannot parse)."""
+    import papermill
+
+    nb_path = ROOT / "notebooks" / config.NOTEBOOKS[stage]
+    declared = [n.target.id for n in ast.parse(_parameters_cell(nb_path)).body]
+    assert list(papermill.inspect_notebook(str(nb_path))) == declared

@@ -118,7 +118,7 @@ def customer_features(
     }
     if has_channel:
         for ch in ("app", "online", "store"):
-            aggs[f"share_{ch}"] = (paid.channel == ch).cast("float64").mean()
+            aggs[f"share_{ch}"] = (paid.channel == ch).ifelse(1.0, 0.0).mean()
     buy = paid.group_by("customer_id").aggregate(**aggs)
     refunds = before.filter(before.status == "refunded")
     ref = refunds.group_by("customer_id").aggregate(n_refunds=refunds.count())

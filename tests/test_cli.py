@@ -1,0 +1,35 @@
+from pathlib import Path
+
+from crm_analytics import cli
+from crm_analytics.schemas import data_model_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_generate_command(tmp_path, capsys):
+    assert (
+        cli.main(["generate", "--customers", "60", "--seed", "2", "--out", str(tmp_path / "g")])
+        == 0
+    )
+    assert "generated" in capsys.readouterr().out
+    assert (tmp_path / "g" / "_SUCCESS").is_file()
+
+
+def test_run_command_reports_errors(tmp_path, capsys):
+    assert cli.main(["run", "--params", str(tmp_path / "missing.yaml")]) == 1
+    assert "parameter file not found" in capsys.readouterr().err
+    p = tmp_path / "p.yaml"
+    p.write_text("store: x.duckdb\n")
+    assert (
+        cli.main(["run", "--params", str(p), "--only", "nonsense", "--reports-dir", str(tmp_path)])
+        == 1
+    )
+    assert "unknown stage 'nonsense'" in capsys.readouterr().err
+
+
+def test_docs_command_and_committed_data_model_is_current(tmp_path):
+    out = tmp_path / "dm.md"
+    assert cli.main(["docs", "--out", str(out)]) == 0
+    assert out.read_text() == data_model_markdown() + "\n"
+    committed = (ROOT / "docs" / "data-model.md").read_text()
+    assert committed == out.read_text(), "docs/data-model.md is stale: run `make docs`"

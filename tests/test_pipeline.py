@@ -1,0 +1,157 @@
+"""The whole pipeline, run with papermill on a tiny generated dataset."""
+
+import json
+import sqlite3
+
+import ibis
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from crm_analytics import config
+from crm_analytics.runner import StageFailed, run_pipeline
+
+pytestmark = pytest.mark.pipeline
+
+
+def _params(dataset, tmp):
+    p = config.load_params(config.project_root() / "params" / "default.yaml")
+    p.pop("generate")
+    p["store"] = str(tmp / "store.duckdb")
+    p["collect"]["sources"] = {
+        "customers": {
+            "kind": "sql",
+            "url": f"sqlite:///{dataset}/crm.sqlite",
+            "table": "customers",
+        },
+        "orders": {"kind": "csv", "path": f"{dataset}/orders/*.csv"},
+        "order_items": {"kind": "csv", "path": f"{dataset}/order_items/*.csv"},
+        "events": {"kind": "jsonl", "path": f"{dataset}/events/*.jsonl"},
+        "tickets": {"kind": "excel", "path": f"{dataset}/tickets.xlsx"},
+        "surveys": {"kind": "csv", "path": f"{dataset}/surveys.csv", "encoding": "gbk"},
+    }
+    p["segment"]["silhouette_sample"] = 300
+    p["forecast"]["horizon"] = 8
+    return p
+
+
+@pytest.fixture(scope="module")
+def run(tiny_dataset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    params_file = tmp / "tiny.yaml"
+    params_file.write_text(yaml.safe_dump(_params(tiny_dataset, tmp), allow_unicode=True))
+    run_dir = run_pipeline(params_file, run_id="r1", reports_dir=tmp / "reports", progress=False)
+    return tmp, params_file, run_dir
+
+
+def test_run_writes_every_report(run):
+    tmp, _, run_dir = run
+    for stage, nb in config.NOTEBOOKS.items():
+        assert (run_dir / nb).is_file(), stage
+        html = (run_dir / nb.replace(".ipynb", ".html")).read_text()
+        assert "<html" in html and "Traceback" not in html
+        assert "data:image/png;base64" in html, f"{stage} report has no figure"
+        assert "from crm_analytics import" not in html, "code cells must be hidden"
+    index = (run_dir / "index.html").read_text()
+    assert all(nb.replace(".ipynb", ".html") in index for nb in config.NOTEBOOKS.values())
+    assert (tmp / "reports" / "latest").resolve() == run_dir.resolve()
+
+
+def test_manifest_and_metrics(run):
+    _, _, run_dir = run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "ok"
+    assert [s["stage"] for s in manifest["stages"]] == list(config.STAGES)
+    assert all(s["status"] == "ok" and s["seconds"] > 0 for s in manifest["stages"])
+    assert len(manifest["input_fingerprint"]) == 64
+    assert manifest["packages"]["duckdb"].startswith("1.")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == set(config.STAGES)
+    assert metrics["clean"]["all_rows_accounted"] is True
+    assert metrics["clean"]["input"] == metrics["collect"]["rows_read"]
+    assert metrics["clean"]["input"] == (
+        metrics["clean"]["kept"] + metrics["clean"]["duplicates"] + metrics["clean"]["quarantined"]
+    )
+    assert 0.5 < metrics["churn"]["holdout_roc_auc"] <= 1
+    assert metrics["segment"]["clusters"] >= 2
+    assert metrics["forecast"]["arima_mase"] > 0 and metrics["forecast"]["periods"] > 52
+
+
+def test_injected_parameters_reach_the_notebooks(run):
+    tmp, _, run_dir = run
+    nb = nbformat.read(run_dir / "04_churn.ipynb", as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1
+    src = injected[0].source
+    assert str(tmp / "store.duckdb") in src and "churn_window_days = 90" in src
+    assert f"run_dir = '{run_dir}'" in src or f'run_dir = "{run_dir}"' in src
+
+
+def test_store_holds_every_output_table(run):
+    tmp, _, _ = run
+    con = ibis.duckdb.connect(str(tmp / "store.duckdb"), read_only=True)
+    tables = set(con.list_tables())
+    expected = {
+        "raw_customers",
+        "raw_orders",
+        "customers",
+        "orders",
+        "order_items",
+        "events",
+        "tickets",
+        "surveys",
+        "quarantine",
+        "row_accounting",
+        "source_files",
+        "customer_features",
+        "customer_segments",
+        "churn_scores",
+        "sales_series",
+        "forecast",
+        "forecast_evaluation",
+    }
+    assert expected <= tables
+    seg = con.table("customer_segments").to_pandas()
+    assert seg.customer_id.is_unique and seg.segment.notna().all()
+    scores = con.table("churn_scores").to_pandas()
+    assert scores.p_churn.between(0, 1).all() and set(scores.risk_tier) <= {"low", "medium", "high"}
+    fc = con.table("forecast").to_pandas()
+    assert (
+        len(fc) == 8 and (fc.lower_95 <= fc.lower_80).all() and (fc.upper_80 <= fc.upper_95).all()
+    )
+    con.disconnect()
+
+
+def test_reports_carry_no_personal_data(run, tiny_dataset):
+    _, _, run_dir = run
+    with sqlite3.connect(tiny_dataset / "crm.sqlite") as db:
+        people = pd.read_sql("select customer_id, name, email, phone from customers", db)
+    html = "".join(p.read_text() for p in run_dir.glob("*.html"))
+    for col in ("name", "email", "phone"):
+        values = [v.strip() for v in people[col].dropna() if len(v.strip()) >= 4]
+        leaked = [v for v in values if v in html]
+        assert not leaked, f"{col} values appear in reports: {leaked[:3]}"
+    leaked_ids = [c for c in people.customer_id if c in html]
+    assert not leaked_ids, f"raw customer ids in reports: {leaked_ids[:3]}"
+    assert "cust_" in html  # customers are shown under pseudonymous ids
+
+
+def test_failing_stage_names_notebook_and_cell_and_keeps_latest(run):
+    tmp, params_file, good_run = run
+    params = yaml.safe_load(params_file.read_text())
+    params["cutoff_date"] = "2026-09-01"  # the 90-day label window runs past the data
+    bad = tmp / "bad.yaml"
+    bad.write_text(yaml.safe_dump(params, allow_unicode=True))
+    with pytest.raises(
+        StageFailed, match=r"stage churn failed in notebooks/04_churn\.ipynb, cell \d+: ValueError"
+    ):
+        run_pipeline(bad, run_id="r2", only="churn", reports_dir=tmp / "reports", progress=False)
+    manifest = json.loads((tmp / "reports" / "r2" / "manifest.json").read_text())
+    assert (
+        manifest["status"] == "failed"
+        and "runs past the last day of data" in manifest["stages"][0]["error"]
+    )
+    assert (tmp / "reports" / "latest").resolve() == good_run.resolve()
+    with pytest.raises(FileExistsError):
+        run_pipeline(params_file, run_id="r1", reports_dir=tmp / "reports", progress=False)

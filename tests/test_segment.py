@@ -1,0 +1,117 @@
+import numpy as np
+import pandas as pd
+import pytest
+from pandas.testing import assert_frame_equal, assert_series_equal
+from sklearn.metrics import adjusted_rand_score
+
+from crm_analytics import segment
+
+
+def test_quantile_score_handles_ties_by_rank_first():
+    values = pd.Series([5, 5, 5, 5, 1, 9, 9, 3, 2, 7], name="x")
+    got = segment.quantile_score(values, bins=5)
+    # ranks (first occurrence wins ties): 4 5 6 7 1 9 10 3 2 8 -> ceil(rank / 2)
+    expected = pd.Series([2, 3, 3, 4, 1, 5, 5, 2, 1, 4], name="x")
+    assert_series_equal(got, expected)
+    assert got.value_counts().tolist() == [2] * 5  # equal-sized bins even with ties
+
+
+def test_quantile_score_lower_is_better():
+    got = segment.quantile_score(pd.Series([10, 20, 30, 40, 50]), bins=5, higher_is_better=False)
+    assert got.tolist() == [5, 4, 3, 2, 1]
+
+
+def test_quantile_score_errors():
+    with pytest.raises(ValueError, match="missing values"):
+        segment.quantile_score(pd.Series([1.0, None], name="r"))
+    with pytest.raises(ValueError, match="at least 2"):
+        segment.quantile_score(pd.Series([1.0]), bins=1)
+
+
+def test_default_segment_map_is_a_partition():
+    cells = segment.rf_segment_map()
+    assert len(cells) == 25
+    assert cells[(5, 5)] == "Champions" and cells[(1, 1)] == "Hibernating"
+    assert cells[(1, 5)] == "Can't Lose Them" and cells[(2, 3)] == "At Risk"
+
+
+def test_segment_map_reports_overlaps_and_gaps():
+    overlapping = [*segment.RF_SEGMENT_RULES, ((1, 2), (4, 5), "At Risk wide")]
+    with pytest.raises(ValueError, match=r"overlap in R1F4 \(At Risk / At Risk wide\)"):
+        segment.rf_segment_map(overlapping)
+    with pytest.raises(ValueError, match="R5F4, R5F5"):
+        segment.rf_segment_map(segment.RF_SEGMENT_RULES[:-1])
+
+
+def test_rfm_table_known_answer_and_no_mutation():
+    feats = pd.DataFrame(
+        {
+            "customer_id": ["e", "d", "c", "b", "a", "z"],
+            "recency_days": [1, 10, 20, 30, 40, np.nan],
+            "frequency": [9, 7, 5, 3, 1, 0],
+            "monetary_total": [900.0, 700.0, 500.0, 300.0, 100.0, 0.0],
+        }
+    )
+    before = feats.copy()
+    got = segment.rfm_table(feats)
+    assert_frame_equal(feats, before)
+    got = got.set_index("customer_id")
+    assert "z" not in got.index  # never bought: not scored
+    assert got.loc["e", "rfm_cell"] == "555" and got.loc["e", "segment"] == "Champions"
+    assert got.loc["a", "rfm_cell"] == "111" and got.loc["a", "segment"] == "Hibernating"
+    with pytest.raises(ValueError, match="'frequency'"):
+        segment.rfm_table(feats.drop(columns="frequency"))
+
+
+def test_segment_summary_shares_sum_to_one():
+    rfm = pd.DataFrame(
+        {
+            "segment": ["A", "A", "B"],
+            "recency_days": [1, 3, 10],
+            "frequency": [2, 4, 1],
+            "monetary_total": [10.0, 30.0, 60.0],
+        }
+    )
+    got = segment.segment_summary(rfm)
+    expected = pd.DataFrame(
+        {
+            "segment": ["A", "B"],
+            "customers": [2, 1],
+            "share_customers": [2 / 3, 1 / 3],
+            "revenue": [40.0, 60.0],
+            "share_revenue": [0.4, 0.6],
+            "mean_recency_days": [2.0, 10.0],
+            "mean_frequency": [3.0, 1.0],
+            "mean_monetary": [20.0, 60.0],
+        }
+    )
+    assert_frame_equal(got, expected, check_dtype=False)
+
+
+def test_clusters_recover_planted_groups():
+    rng = np.random.default_rng(0)
+    n = 200
+    groups = np.repeat([0, 1, 2], n)
+    frame = pd.DataFrame(
+        {
+            "recency_days": np.r_[
+                rng.normal(5, 1, n), rng.normal(200, 10, n), rng.normal(60, 5, n)
+            ].clip(0),
+            "frequency": np.r_[
+                rng.normal(30, 2, n), rng.normal(1, 0.2, n), rng.normal(6, 1, n)
+            ].clip(0),
+        }
+    )
+    model = segment.BehaviourClusters(k_min=2, k_max=5, sample_size=300, seed=1).fit(frame)
+    assert model.k_ == 3
+    assert adjusted_rand_score(groups, model.predict(frame)) > 0.95
+    prof = segment.cluster_profiles(frame, model.predict(frame), model.features_)
+    assert prof.customers.sum() == len(frame)
+    assert any("high frequency" in d for d in prof.description)
+
+
+def test_clusters_need_features_and_rows():
+    with pytest.raises(ValueError, match="none of the clustering features"):
+        segment.BehaviourClusters().fit(pd.DataFrame({"x": range(20)}))
+    with pytest.raises(ValueError, match="more than k_max"):
+        segment.BehaviourClusters(k_max=8).fit(pd.DataFrame({"frequency": range(5)}))
