@@ -49,12 +49,14 @@ def _measure(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench(n: int, regenerate: bool) -> dict:
+def bench(n: int, regenerate: bool, generate_only: bool = False) -> dict:
     data = ROOT / "data" / "bench" / str(n)
     gen = None
     if regenerate or not (data / "_SUCCESS").is_file():
         gen = _measure("generate", str(data), str(n))
     rows = json.loads((data / "_SUCCESS").read_text())
+    if generate_only:
+        return {"customers": n, "rows": rows, "generate": gen, "run": None, "stages": {}}
     params = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
     params.pop("generate", None)
     params["store"] = f"data/bench/store-{n}.duckdb"
@@ -82,8 +84,9 @@ def main() -> None:
     )
     ap.add_argument("--customers", type=int, nargs="+", default=[20_000, 200_000])
     ap.add_argument("--regenerate", action="store_true", help="regenerate data even if present")
+    ap.add_argument("--generate-only", action="store_true", help="measure data generation only")
     args = ap.parse_args()
-    results = [bench(n, args.regenerate) for n in args.customers]
+    results = [bench(n, args.regenerate, args.generate_only) for n in args.customers]
     print(
         f"{'customers':>10} {'orders':>10} {'gen s':>7} {'gen MB':>7} {'run s':>7} "
         f"{'runner MB':>9} {'kernel MB':>9} {'orders/s':>9}  stages (s)"
@@ -94,6 +97,9 @@ def main() -> None:
         stages = " ".join(f"{k}={v:.1f}" for k, v in r["stages"].items())
         gen_s = f"{g['seconds']:7.1f}" if g else "    (-)"
         gen_mb = f"{g['self_mb']:7.0f}" if g else "    (-)"
+        if r["run"] is None:
+            print(f"{r['customers']:>10,} {orders:>10,} {gen_s} {gen_mb}")
+            continue
         print(
             f"{r['customers']:>10,} {orders:>10,} {gen_s} {gen_mb} {r['run']['seconds']:7.1f} "
             f"{r['run']['self_mb']:9.0f} {r['run']['children_mb']:9.0f} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -57,6 +58,13 @@ def _ax(ax: Axes | None) -> Axes:
     return ax
 
 
+def _date_axis(ax: Axes) -> None:
+    """Use compact, non-overlapping date labels on the x axis."""
+    locator = mdates.AutoDateLocator(maxticks=10)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
 def plot_source_rows(counts: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Bar chart of raw rows per table.
 
@@ -79,7 +87,7 @@ def plot_source_rows(counts: pd.DataFrame, ax: Axes | None = None) -> Axes:
 
 
 def plot_row_accounting(acc: pd.DataFrame, ax: Axes | None = None) -> Axes:
-    """Stacked bars: where every input row of each table went.
+    """Rows not kept per table (exact duplicates and quarantined), with the kept share.
 
     Parameters
     ----------
@@ -94,10 +102,14 @@ def plot_row_accounting(acc: pd.DataFrame, ax: Axes | None = None) -> Axes:
         The axes drawn on.
     """
     ax = _ax(ax)
-    shares = acc.set_index("table")[["kept", "duplicates", "quarantined"]]
-    shares = shares.div(shares.sum(axis=1).replace(0, 1), axis=0) * 100
-    shares.plot.barh(stacked=True, ax=ax, width=0.7)
-    ax.set(title="Row accounting (% of input rows)", xlabel="% of input rows", ylabel="")
+    d = acc.set_index("table")[["kept", "duplicates", "quarantined"]]
+    total = d.sum(axis=1).replace(0, 1)
+    d[["duplicates", "quarantined"]].plot.barh(stacked=True, ax=ax, width=0.7, color=["C1", "C3"])
+    ax.set_yticks(
+        range(len(d)),
+        [f"{t} ({k / n:.1%} kept)" for t, k, n in zip(d.index, d.kept, total, strict=True)],
+    )
+    ax.set(title="Rows not kept, per table", xlabel="rows", ylabel="")
     ax.legend(loc="lower right", frameon=True)
     return ax
 
@@ -284,6 +296,7 @@ def plot_forecast(
         ylabel=value,
     )
     ax.legend(loc="upper left")
+    _date_axis(ax)
     return ax
 
 
@@ -310,4 +323,6 @@ def plot_holdout(pred: pd.DataFrame, ax: Axes | None = None) -> Axes:
             ax.plot(x, pred[col], ls="--", marker=".", label=col)
     ax.set(title="Holdout: actual vs forecasts", ylabel="revenue")
     ax.legend()
+    if "period" in pred.columns:
+        _date_axis(ax)
     return ax

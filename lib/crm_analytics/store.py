@@ -84,7 +84,7 @@ def has_table(con: BaseBackend, name: str) -> bool:
     return name in con.list_tables()
 
 
-def write_table(con: BaseBackend, name: str, obj: ir.Table | pd.DataFrame | Any) -> ir.Table:
+def write_table(con: BaseBackend, name: str, obj: ir.Table | pd.DataFrame | Any) -> None:
     """Create or replace table ``name`` from an ibis expression or a DataFrame.
 
     An ibis expression on the same backend is materialised inside the store
@@ -99,12 +99,12 @@ def write_table(con: BaseBackend, name: str, obj: ir.Table | pd.DataFrame | Any)
     obj : ibis Table, pandas DataFrame or pyarrow Table
         Content of the table.
 
-    Returns
-    -------
-    ibis.expr.types.Table
-        The written table.
+    Notes
+    -----
+    Returns nothing (so that a notebook cell ending with it shows nothing);
+    read the table back with ``con.table(name)``.
     """
-    return con.create_table(name, obj, overwrite=True)
+    con.create_table(name, obj, overwrite=True)
 
 
 def read_frame(con: BaseBackend, name: str) -> pd.DataFrame:
