@@ -35,7 +35,7 @@ def test_chunking_keeps_ids_unique(tmp_path):
     orders = pd.concat(pd.read_csv(f, dtype=str) for f in (tmp_path / "d" / "orders").glob("*.csv"))
     # every order id repeats only as an injected exact duplicate row
     dup = orders[orders.order_id.duplicated(keep=False)]
-    assert (dup.groupby("order_id").nunique() == 1).all().all()
+    assert (dup.groupby("order_id").nunique(dropna=False) == 1).all().all()
 
 
 def test_sources_and_truth_written(tiny_dataset):

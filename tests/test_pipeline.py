@@ -31,6 +31,7 @@ def _params(dataset, tmp):
         "tickets": {"kind": "excel", "path": f"{dataset}/tickets.xlsx"},
         "surveys": {"kind": "csv", "path": f"{dataset}/surveys.csv", "encoding": "gbk"},
     }
+    p["clean"]["truth_dir"] = str(dataset / "truth")
     p["segment"]["silhouette_sample"] = 300
     p["forecast"]["horizon"] = 8
     return p
@@ -69,10 +70,10 @@ def test_manifest_and_metrics(run):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == set(config.STAGES)
     assert metrics["clean"]["all_rows_accounted"] is True
-    assert metrics["clean"]["input"] == metrics["collect"]["rows_read"]
-    assert metrics["clean"]["input"] == (
-        metrics["clean"]["kept"] + metrics["clean"]["duplicates"] + metrics["clean"]["quarantined"]
-    )
+    c = metrics["clean"]
+    assert c["input"] == metrics["collect"]["rows_read"]
+    assert c["input"] == c["kept"] + c["duplicates"] + c["merged"] + c["quarantined"]
+    assert c["merged"] > 0 and c["duplicate_detection"]["f1"] > 0.8
     assert 0.5 < metrics["churn"]["holdout_roc_auc"] <= 1
     assert metrics["segment"]["clusters"] >= 2
     assert metrics["forecast"]["arima_mase"] > 0 and metrics["forecast"]["periods"] > 52

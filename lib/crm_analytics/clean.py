@@ -26,14 +26,20 @@ All of it is ibis expressions executed in the store.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import unicodedata
+from dataclasses import dataclass, field
 from typing import Any
 
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
+import phonenumbers
+import pyarrow as pa
 from ibis.backends import BaseBackend
 
+from crm_analytics.entities import MatchSettings, resolve_customers
 from crm_analytics.schemas import TABLES, spec
 
 DEFAULT_CATEGORY_MAP: dict[str, str] = {
@@ -63,7 +69,235 @@ GENDER_MAP: dict[str, str] = {
 TRUE_WORDS: tuple[str, ...] = ("true", "t", "1", "yes", "y", "是")
 FALSE_WORDS: tuple[str, ...] = ("false", "f", "0", "no", "n", "否")
 
-QUARANTINE_COLUMNS: tuple[str, ...] = ("table", "_source", "_source_row", "column", "reason")
+DEFAULT_DATE_FORMATS: tuple[str, ...] = (
+    "%Y/%m/%d %H:%M:%S",
+    "%Y/%m/%d %H:%M",
+    "%Y/%m/%d",
+    "%Y年%m月%d日",
+    "%d.%m.%Y",
+    "%Y%m%d",
+)
+"""Date formats tried after ISO 8601 (which always works, with or without a UTC offset)."""
+
+DEFAULT_OUTLIERS: dict[str, dict[str, Any]] = {
+    "orders.amount": {"method": "mad", "threshold": 5.0, "log": True, "action": "flag"},
+}
+"""Outlier rules: ``table.column`` -> method (mad or iqr), threshold (robust z or IQR
+multiple), log (judge log1p of the value: right for money), action (flag, cap or quarantine)."""
+
+DEFAULT_MISSING: dict[str, str] = {
+    "customers.gender": "flag",
+    "customers.birth_date": "flag",
+    "orders.channel": "impute_mode",
+    "orders.region": "flag",
+}
+"""Missing-value strategies: ``table.column`` -> keep, flag, impute_median, impute_mode or
+drop. Unlisted nullable columns are kept as missing (and counted); required columns are
+always quarantined when missing."""
+
+MISSING_STRATEGIES: tuple[str, ...] = ("keep", "flag", "impute_median", "impute_mode", "drop")
+OUTLIER_ACTIONS: tuple[str, ...] = ("flag", "cap", "quarantine")
+
+CLEAR_INVALID: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("customers", "email"),
+        ("customers", "phone"),
+        ("customers", "gender"),
+        ("customers", "birth_date"),
+        ("customers", "consent_marketing"),
+    }
+)
+"""Contact and profile values that are cleared (and counted) when invalid, instead of
+quarantining the whole customer record and, with it, the customer's orders."""
+
+EMAIL_PATTERN = r"^[a-z0-9._%+\-]+@[a-z0-9\-]+(\.[a-z0-9\-]+)*\.[a-z]{2,}$"
+CN_MOBILE = r"^(\+?86|0086)?1[3-9][0-9]{9}$"
+OFFSET_SUFFIX = r"([+-][0-9]{2}(:?[0-9]{2})?|Z)$"
+
+
+@dataclass(frozen=True)
+class CleanSettings:
+    """Settings of the clean stage (every field is a notebook parameter).
+
+    Attributes
+    ----------
+    as_of : datetime.date
+        Rows dated after this day are quarantined as future-dated.
+    category_map : dict
+        Lower-cased category label -> canonical category.
+    phone_region : str
+        Region assumed for phone numbers without a country code (ISO 3166, e.g. "CN").
+    base_currency : str
+        Currency that amounts are converted to.
+    currency_rates : dict
+        Currency -> units of base currency per unit; an order in a currency without a
+        rate is quarantined.
+    timezone : str
+        Local time zone: timestamps with a UTC offset are converted to it.
+    date_formats : tuple of str
+        strptime formats tried after ISO 8601.
+    negative_amounts : {"refund", "quarantine"}
+        A negative order amount is a refund (kept, status refunded, amount made
+        positive) or a data error (quarantined).
+    outliers : dict
+        Outlier rules (see :data:`DEFAULT_OUTLIERS`).
+    missing : dict
+        Missing-value strategies (see :data:`DEFAULT_MISSING`).
+    """
+
+    as_of: dt.date
+    category_map: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CATEGORY_MAP))
+    phone_region: str = "CN"
+    base_currency: str = "CNY"
+    currency_rates: dict[str, float] = field(default_factory=lambda: {"CNY": 1.0})
+    timezone: str = "Asia/Shanghai"
+    date_formats: tuple[str, ...] = DEFAULT_DATE_FORMATS
+    negative_amounts: str = "refund"
+    outliers: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_OUTLIERS))
+    missing: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MISSING))
+
+    def __post_init__(self) -> None:
+        if self.negative_amounts not in ("refund", "quarantine"):
+            raise ValueError(
+                f"negative_amounts must be 'refund' or 'quarantine', got {self.negative_amounts!r}"
+            )
+        if self.base_currency not in self.currency_rates:
+            raise ValueError(
+                f"currency_rates has no rate for the base currency {self.base_currency!r}"
+            )
+        for key, strategy in self.missing.items():
+            _split_key(key, "missing")
+            if strategy not in MISSING_STRATEGIES:
+                raise ValueError(
+                    f"missing.{key}: unknown strategy {strategy!r}; "
+                    f"expected one of {', '.join(MISSING_STRATEGIES)}"
+                )
+        for key, rule in self.outliers.items():
+            _split_key(key, "outliers")
+            if rule.get("method", "mad") not in ("mad", "iqr"):
+                raise ValueError(f"outliers.{key}: method must be 'mad' or 'iqr'")
+            if rule.get("action", "flag") not in OUTLIER_ACTIONS:
+                raise ValueError(
+                    f"outliers.{key}: action must be one of {', '.join(OUTLIER_ACTIONS)}"
+                )
+
+    @classmethod
+    def build(cls, as_of: dt.date | str | None = None, **kwargs: Any) -> CleanSettings:
+        """Build settings from notebook parameters; empty values take the defaults.
+
+        Parameters
+        ----------
+        as_of : date or str, optional
+            As-of date; today (UTC) when empty.
+        **kwargs
+            Other fields; ``category_map`` entries are added to the built-in map.
+
+        Returns
+        -------
+        CleanSettings
+            Validated settings.
+        """
+        given = {k: v for k, v in kwargs.items() if v not in (None, "", {}, [])}
+        if "category_map" in given:
+            given["category_map"] = {**DEFAULT_CATEGORY_MAP, **given["category_map"]}
+        if "date_formats" in given:
+            given["date_formats"] = tuple(given["date_formats"])
+        if "currency_rates" in given:
+            given["currency_rates"] = {
+                k.upper(): float(v) for k, v in given["currency_rates"].items()
+            }
+        if "base_currency" in given:
+            given["base_currency"] = given["base_currency"].upper()
+        return cls(as_of=_as_date(as_of), **given)
+
+
+def _split_key(key: str, what: str) -> tuple[str, str]:
+    """Split ``table.column`` and check both exist in the data model."""
+    if "." not in key:
+        raise ValueError(f"{what}: key {key!r} must be 'table.column'")
+    table, column = key.split(".", 1)
+    if column not in spec(table).columns:
+        raise ValueError(f"{what}: table {table!r} has no column {column!r}")
+    return table, column
+
+
+# --- functions evaluated inside DuckDB -------------------------------------------------
+
+
+def _e164_one(value: str, region: str) -> str | None:
+    """Return ``value`` as an E.164 phone number, or None if it is not a valid number."""
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _e164_arrow(values: pa.Array, regions: pa.Array) -> pa.Array:
+    """Arrow batch version of :func:`_e164_one` for DuckDB."""
+    return pa.array(
+        [
+            None if v is None else _e164_one(v, r or "ZZ")
+            for v, r in zip(values.to_pylist(), regions.to_pylist(), strict=True)
+        ],
+        type=pa.string(),
+    )
+
+
+def _nfkc_arrow(values: pa.Array) -> pa.Array:
+    """Unicode NFKC normalisation (full-width to half-width and the like) for DuckDB."""
+    return pa.array(
+        [None if v is None else unicodedata.normalize("NFKC", v) for v in values.to_pylist()],
+        type=pa.string(),
+    )
+
+
+def register_functions(con: BaseBackend) -> None:
+    """Register the Python functions the cleaning rules call inside DuckDB.
+
+    ``crm_e164(text, region)`` formats phone numbers with ``phonenumbers``;
+    ``crm_nfkc(text)`` applies Unicode NFKC normalisation. Idempotent.
+
+    Parameters
+    ----------
+    con : BaseBackend
+        A DuckDB store.
+    """
+    duck = con.con
+    for name, fn, args in (
+        ("crm_e164", _e164_arrow, ["VARCHAR", "VARCHAR"]),
+        ("crm_nfkc", _nfkc_arrow, ["VARCHAR"]),
+    ):
+        with contextlib.suppress(Exception):
+            duck.remove_function(name)
+        duck.create_function(
+            name, fn, args, "VARCHAR", type="arrow", null_handling="special", side_effects=False
+        )
+
+
+@ibis.udf.scalar.builtin(name="crm_e164")
+def _e164(value: str, region: str) -> str:  # type: ignore[empty-body]
+    """Declare DuckDB's registered ``crm_e164`` to ibis."""
+
+
+@ibis.udf.scalar.builtin(name="crm_nfkc")
+def _nfkc(value: str) -> str:  # type: ignore[empty-body]
+    """Declare DuckDB's registered ``crm_nfkc`` to ibis."""
+
+
+@ibis.udf.scalar.builtin(name="try_strptime")
+def _try_strptime(value: str, fmt: str) -> dt.datetime:  # type: ignore[empty-body]
+    """Declare DuckDB's ``try_strptime`` to ibis."""
+
+
+@ibis.udf.scalar.builtin(name="timezone")
+def _to_local(zone: str, value: dt.datetime) -> dt.datetime:  # type: ignore[empty-body]
+    """Declare DuckDB's ``timezone(zone, timestamptz)`` (local wall time) to ibis."""
+
+
+# --- standardisation --------------------------------------------------------------------
 
 
 def _text(col: ir.StringValue) -> ir.StringValue:
@@ -71,8 +305,75 @@ def _text(col: ir.StringValue) -> ir.StringValue:
     return col.replace("\u3000", " ").strip().nullif("")
 
 
-def standardise(raw: ir.Table, table: str, category_map: dict[str, str] | None = None) -> ir.Table:
-    """Return ``raw`` with text standardised per column (still text).
+def standardise_phone(col: ir.StringValue, region: str) -> ir.StringValue:
+    """Return phone numbers in E.164, or missing when not a valid number.
+
+    Chinese mobile numbers (the bulk of a Chinese CRM) are recognised by pattern in
+    SQL; anything else goes through ``phonenumbers`` (registered by
+    :func:`register_functions`).
+
+    Parameters
+    ----------
+    col : ibis string expression
+        Phone numbers as typed by people.
+    region : str
+        Region of numbers written without a country code.
+
+    Returns
+    -------
+    ibis string expression
+        E.164 numbers.
+    """
+    digits = col.re_replace(r"[^0-9+]", "")
+    cn_fast = digits.re_search(CN_MOBILE) & (
+        (region == "CN") | digits.re_search(r"^(\+86|0086|86)")
+    )
+    return ibis.cases(
+        (col.isnull(), ibis.null("string")),
+        (cn_fast, ibis.literal("+86") + digits.right(11)),
+        else_=_e164(col, ibis.literal(region)),
+    )
+
+
+def standardise_name(col: ir.StringValue) -> ir.StringValue:
+    """Normalise names: NFKC (full-width to half-width), collapsed spaces, no spaces inside Chinese names.
+
+    Parameters
+    ----------
+    col : ibis string expression
+        Names.
+
+    Returns
+    -------
+    ibis string expression
+        Normalised names.
+    """
+    v = _nfkc(col).re_replace(r"\s+", " ").strip()
+    v = v.re_replace(r"(\p{Han})\s+(\p{Han})", r"\1\2").re_replace(
+        r"(\p{Han})\s+(\p{Han})", r"\1\2"
+    )
+    return v.nullif("")
+
+
+def standardise_email(col: ir.StringValue) -> ir.StringValue:
+    """Lower-case and trim e-mail addresses; invalid addresses become missing.
+
+    Parameters
+    ----------
+    col : ibis string expression
+        E-mail addresses.
+
+    Returns
+    -------
+    ibis string expression
+        Valid, normalised addresses.
+    """
+    v = _nfkc(col).strip().lower()
+    return ibis.cases((v.re_search(EMAIL_PATTERN), v), else_=ibis.null("string"))
+
+
+def standardise(raw: ir.Table, table: str, settings: CleanSettings) -> ir.Table:
+    """Return ``raw`` with text standardised per column (still text, except as noted).
 
     Parameters
     ----------
@@ -80,20 +381,24 @@ def standardise(raw: ir.Table, table: str, category_map: dict[str, str] | None =
         A raw table (all canonical columns as text).
     table : str
         Canonical table name.
-    category_map : dict, optional
-        Lower-cased label -> canonical category; :data:`DEFAULT_CATEGORY_MAP` by default.
+    settings : CleanSettings
+        Category map and phone region.
 
     Returns
     -------
     ibis Table
         Same columns, standardised text.
     """
-    cmap = {k.lower(): v for k, v in (category_map or DEFAULT_CATEGORY_MAP).items()}
+    cmap = {k.lower(): v for k, v in settings.category_map.items()}
     out = {}
     for col in spec(table).columns:
         v = _text(raw[col])
         if col == "email":
-            v = v.lower()
+            v = standardise_email(v)
+        elif col == "phone":
+            v = standardise_phone(v, settings.phone_region)
+        elif col == "name":
+            v = standardise_name(v)
         elif col == "gender":
             v = v.lower().substitute(GENDER_MAP, else_=v)
         elif col == "category":
@@ -106,7 +411,54 @@ def standardise(raw: ir.Table, table: str, category_map: dict[str, str] | None =
     return raw.mutate(**out)
 
 
-def _typed(col: ir.StringValue, dtype: str) -> ir.Value:
+def parse_timestamp(col: ir.StringValue, settings: CleanSettings) -> ir.TimestampValue:
+    """Parse text to a local timestamp: ISO 8601 (with or without offset) or a listed format.
+
+    Parameters
+    ----------
+    col : ibis string expression
+        Text timestamps.
+    settings : CleanSettings
+        Time zone and extra formats.
+
+    Returns
+    -------
+    ibis timestamp expression
+        Local wall time (offsets converted to ``settings.timezone``); missing if unparseable.
+    """
+    with_offset = _to_local(
+        ibis.literal(settings.timezone), col.try_cast(ibis.dtype("timestamp('UTC')"))
+    )
+    plain = ibis.coalesce(
+        col.try_cast("timestamp"),
+        *[_try_strptime(col, ibis.literal(f)) for f in settings.date_formats],
+    )
+    return ibis.cases(
+        (col.re_search(OFFSET_SUFFIX), with_offset.cast("timestamp")), else_=plain.cast("timestamp")
+    )
+
+
+def parse_number(col: ir.StringValue) -> ir.FloatingValue:
+    """Parse text to float, accepting currency signs and thousands separators (1,234.50).
+
+    Parameters
+    ----------
+    col : ibis string expression
+        Text numbers.
+
+    Returns
+    -------
+    ibis float expression
+        Numbers; missing if unparseable.
+    """
+    v = col.re_replace(r"^[¥￥$€£]\s*", "")
+    v = ibis.cases(
+        (v.re_search(r"^-?[0-9]{1,3}(,[0-9]{3})+(\.[0-9]+)?$"), v.replace(",", "")), else_=v
+    )
+    return v.try_cast("float64")
+
+
+def _typed(col: ir.StringValue, dtype: str, settings: CleanSettings) -> ir.Value:
     """Cast standardised text to ``dtype``; unparseable values become missing."""
     if dtype == "string":
         return col
@@ -118,8 +470,14 @@ def _typed(col: ir.StringValue, dtype: str) -> ir.Value:
             else_=ibis.null("boolean"),
         )
     if dtype == "int64":
-        f = col.try_cast("float64")
+        f = parse_number(col)
         return ibis.cases((f == f.round(), f.cast("int64")), else_=ibis.null("int64"))
+    if dtype == "float64":
+        return parse_number(col)
+    if dtype == "timestamp":
+        return parse_timestamp(col, settings)
+    if dtype == "date":
+        return parse_timestamp(col, settings).date()
     return col.try_cast(dtype)
 
 
@@ -148,10 +506,26 @@ def _check_failures(
     return out
 
 
-def row_rules(
-    std: ir.Table, table: str, as_of: dt.date
-) -> tuple[dict[str, ir.Value], ir.Value, ir.Value]:
-    """Build typed columns and the first failing rule of each row.
+def _valid(name: str, typed: ir.Value, checks: list[Any]) -> ir.BooleanValue:
+    """Return whether a typed value passes its column's checks (missing passes)."""
+    ok = ibis.literal(True)
+    for cond, _ in _check_failures(name, typed, checks):
+        ok = ok & ~cond.fill_null(False)
+    return ok
+
+
+@dataclass
+class RowRules:
+    """Typed columns, the first failing rule of each row, and value-level fixes."""
+
+    typed: dict[str, ir.Value]
+    column: ir.Value
+    reason: ir.Value
+    fixes: dict[str, ir.BooleanValue]
+
+
+def row_rules(std: ir.Table, table: str, settings: CleanSettings) -> RowRules:
+    """Build typed columns, the first failing rule of each row, and value fixes.
 
     Parameters
     ----------
@@ -159,25 +533,38 @@ def row_rules(
         Standardised raw table.
     table : str
         Canonical table name.
-    as_of : datetime.date
-        Rows dated after this day are quarantined as "in the future".
+    settings : CleanSettings
+        Stage settings (as-of date, currencies, negative amounts ...).
 
     Returns
     -------
-    typed : dict
-        Column -> typed ibis expression.
-    column : ibis expression
-        Name of the column that failed first (null if none).
-    reason : ibis expression
-        Reason of the first failure (null if none).
+    RowRules
+        ``typed`` (column -> expression), ``column`` and ``reason`` of the first
+        failure (null if none), ``fixes`` (name -> condition of a value-level fix
+        that keeps the row, e.g. an invalid e-mail cleared).
     """
     t = spec(table)
     schema = t.model.to_schema()
+    dtypes = t.dtypes()
     typed: dict[str, ir.Value] = {}
+    fixes: dict[str, ir.BooleanValue] = {}
     branches: list[tuple[ir.BooleanValue, str, str]] = []
+    raw_present = {
+        c: (std[f"_raw_{c}"] if f"_raw_{c}" in std.columns else std[c]).notnull() for c in t.columns
+    }
     for name, col in schema.columns.items():
-        dtype = t.dtypes()[name]
-        v = _typed(std[name], dtype)
+        dtype = dtypes[name]
+        v = _typed(std[name], dtype, settings)
+        if (table, name) in CLEAR_INVALID:
+            if name == "birth_date":
+                v = ibis.cases(
+                    ((v < dt.date(1900, 1, 1)) | (v > settings.as_of), ibis.null("date")),
+                    else_=v,
+                )
+            v = ibis.cases((_valid(name, v, col.checks), v), else_=ibis.null(dtype))
+            fixes[f"{name}: invalid, cleared"] = raw_present[name] & v.isnull()
+            typed[name] = v
+            continue
         typed[name] = v
         if dtype != "string":
             branches.append(
@@ -185,42 +572,126 @@ def row_rules(
             )
         if not col.nullable:
             branches.append((std[name].isnull(), name, f"{name}: missing required value"))
-        for cond, reason in _check_failures(name, v, col.checks):
+    if table == "orders":
+        typed, extra = _money_rules(std, typed, settings, fixes)
+        branches += extra
+    for name, col in schema.columns.items():
+        if (table, name) in CLEAR_INVALID:
+            continue
+        for cond, reason in _check_failures(name, typed[name], col.checks):
             branches.append((cond, name, reason))
+    for key, strategy in settings.missing.items():
+        mt, mc = key.split(".", 1)
+        if mt == table and strategy == "drop":
+            branches.append((typed[mc].isnull(), mc, f"{mc}: missing (strategy drop)"))
     if t.time_column:
-        limit = ibis.literal(as_of + dt.timedelta(days=1)).cast("timestamp")
+        limit = ibis.literal(settings.as_of + dt.timedelta(days=1)).cast("timestamp")
         tc = typed[t.time_column].cast("timestamp")
         branches.append(
-            (tc >= limit, t.time_column, f"{t.time_column}: in the future (after {as_of})")
+            (tc >= limit, t.time_column, f"{t.time_column}: in the future (after {settings.as_of})")
         )
     column = ibis.cases(*[(c, ibis.literal(n)) for c, n, _ in branches], else_=ibis.null("string"))
     reason = ibis.cases(*[(c, ibis.literal(r)) for c, _, r in branches], else_=ibis.null("string"))
-    return typed, column, reason
+    return RowRules(typed, column, reason, fixes)
 
 
-def clean_table(
-    con: BaseBackend,
-    table: str,
-    as_of: dt.date,
-    category_map: dict[str, str] | None = None,
-    outlier_mad_threshold: float = 5.0,
-) -> dict[str, int]:
+def _money_rules(
+    std: ir.Table, typed: dict[str, ir.Value], settings: CleanSettings, fixes: dict[str, Any]
+) -> tuple[dict[str, ir.Value], list[tuple[ir.BooleanValue, str, str]]]:
+    """Negative amounts as refunds, and conversion to the base currency."""
+    out = dict(typed)
+    branches: list[tuple[ir.BooleanValue, str, str]] = []
+    amount = typed["amount"]
+    if settings.negative_amounts == "refund":
+        negative = amount < 0
+        fixes["amount: negative, booked as a refund"] = negative.fill_null(False)
+        out["status"] = ibis.cases((negative, ibis.literal("refunded")), else_=typed["status"])
+        amount = amount.abs()
+    rates = {k.upper(): float(v) for k, v in settings.currency_rates.items()}
+    currency = typed["currency"]
+    rate = currency.substitute(rates, else_=ibis.null("float64"))
+    branches.append(
+        (
+            currency.notnull() & rate.isnull(),
+            "currency",
+            "currency: no exchange rate (add it to currency_rates)",
+        )
+    )
+    converted = currency != settings.base_currency
+    fixes[f"amount: converted to {settings.base_currency}"] = converted.fill_null(False)
+    out["amount_source"] = amount
+    out["currency_source"] = currency
+    out["amount"] = (amount * rate).round(4)
+    out["currency"] = ibis.literal(settings.base_currency)
+    return out, branches
+
+
+def outlier_condition(
+    table: ir.Table, column: str, method: str = "mad", threshold: float = 5.0, log: bool = False
+) -> tuple[ir.BooleanValue, ir.Value, ir.Value]:
+    """Return the outlier test of a numeric column and its lower/upper bounds.
+
+    Parameters
+    ----------
+    table : ibis Table
+        The rows judged (statistics are computed over them, in the store).
+    column : str
+        Numeric column.
+    method : {"mad", "iqr"}, default "mad"
+        Robust z-score ``|x - median| / (1.4826 MAD)`` above ``threshold``, or outside
+        ``[Q1 - threshold IQR, Q3 + threshold IQR]``.
+    threshold : float, default 5.0
+        Robust z (mad) or IQR multiple (iqr).
+    log : bool, default False
+        Judge ``log1p(x)`` (for money and counts, which are right-skewed).
+
+    Returns
+    -------
+    tuple
+        (is_outlier, lower bound, upper bound), bounds on the original scale.
+
+    Raises
+    ------
+    ValueError
+        If the column is missing or the method unknown.
+    """
+    if column not in table.columns:
+        raise ValueError(f"table has no column {column!r}")
+    x = table[column].cast("float64")
+    v = (x.clip(lower=0) + 1).ln() if log else x
+    if method == "mad":
+        med = v.median().as_scalar()
+        mad = (v - med).abs().median().as_scalar()
+        half = ibis.greatest(mad * 1.4826, ibis.literal(1e-9)) * threshold
+        lo, hi = med - half, med + half
+    elif method == "iqr":
+        q1 = v.quantile(0.25).as_scalar()
+        q3 = v.quantile(0.75).as_scalar()
+        lo, hi = q1 - (q3 - q1) * threshold, q3 + (q3 - q1) * threshold
+    else:
+        raise ValueError(f"method must be 'mad' or 'iqr', got {method!r}")
+    if log:
+        lo, hi = lo.exp() - 1, hi.exp() - 1
+    cond = ((x < lo) | (x > hi)).fill_null(False)
+    return cond, lo, hi
+
+
+def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[str, int]:
     """Clean ``raw_<table>`` into ``<table>``, appending rejects to ``quarantine``.
 
-    Parent tables (see ``TableSpec.foreign_keys``) must be cleaned first.
+    Parent tables (see ``TableSpec.foreign_keys``) must be cleaned first. Also
+    appends value-level fixes to ``value_fixes`` and missing-value counts to
+    ``missing_values``.
 
     Parameters
     ----------
     con : BaseBackend
-        The store, holding ``raw_<table>`` and an existing ``quarantine`` table.
+        The store, holding ``raw_<table>`` and the stage's bookkeeping tables
+        (see :func:`reset_bookkeeping`).
     table : str
         Canonical table name.
-    as_of : datetime.date
-        The run's as-of date (see :func:`row_rules`).
-    category_map : dict, optional
-        Category label mapping (see :func:`standardise`).
-    outlier_mad_threshold : float, default 5.0
-        Threshold of :func:`flag_amount_outliers` (orders only).
+    settings : CleanSettings
+        Stage settings.
 
     Returns
     -------
@@ -234,22 +705,57 @@ def clean_table(
     """
     t = spec(table)
     raw = con.table(f"raw_{table}")
-    std = standardise(raw, table, category_map)
-    typed, column, reason = row_rules(std, table, as_of)
     cols = t.columns
-    dup_rank = ibis.row_number().over(
-        group_by=[std[c] for c in cols], order_by=[std._source, std._source_row]
+    # exact duplicates: identical source values in every canonical column
+    raw = raw.mutate(
+        _dup_rank=ibis.row_number().over(
+            group_by=[raw[c] for c in cols], order_by=[raw._source, raw._source_row]
+        )
     )
+    # keep the source text of values that may be cleared, to count the fixes
+    raw = raw.mutate(**{f"_raw_{c}": _text(raw[c]) for c in cols if (table, c) in CLEAR_INVALID})
+    std = standardise(raw, table, settings)
+    rules = row_rules(std, table, settings)
+    extra = [c for c in rules.typed if c not in cols]
     staged = std.mutate(
-        **{f"_t_{c}": typed[c] for c in cols},
-        _column=column,
-        _reason=reason,
-        _dup_rank=dup_rank,
+        **{f"_t_{c}": rules.typed[c] for c in [*cols, *extra]},
+        **{f"_fix_{i}": cond for i, cond in enumerate(rules.fixes.values())},
+        _column=rules.column,
+        _reason=rules.reason,
     )
     staged = con.create_table(f"_staged_{table}", staged, overwrite=True)
+    ok = (staged._reason.isnull()) & (staged._dup_rank == 0)
+    # outliers judged to be errors are quarantined before keys and references are checked
+    for key, rule in settings.outliers.items():
+        ot, oc = key.split(".", 1)
+        if ot != table or rule.get("action", "flag") != "quarantine":
+            continue
+        judged = staged.filter(ok)
+        judged = judged.mutate(**{oc: judged[f"_t_{oc}"]})
+        cond, _, _ = outlier_condition(
+            judged,
+            oc,
+            rule.get("method", "mad"),
+            float(rule.get("threshold", 5.0)),
+            bool(rule.get("log", False)),
+        )
+        bounds = judged.mutate(_out=cond).filter(lambda r: r._out).select("_source", "_source_row")
+        bounds = bounds.mutate(_is_out=ibis.literal(True))
+        staged = staged.left_join(bounds, ["_source", "_source_row"]).drop(
+            "_source_right", "_source_row_right"
+        )
+        bad = staged._reason.isnull() & (staged._dup_rank == 0) & staged._is_out.notnull()
+        staged = staged.mutate(
+            _column=ibis.cases((bad, ibis.literal(oc)), else_=staged._column),
+            _reason=ibis.cases(
+                (bad, ibis.literal(f"{oc}: outlier ({rule.get('method', 'mad')} rule)")),
+                else_=staged._reason,
+            ),
+        ).drop("_is_out")
+        staged = con.create_table(f"_staged_{table}", staged, overwrite=True)
+        ok = (staged._reason.isnull()) & (staged._dup_rank == 0)
     # key duplicates among otherwise valid, non-duplicate rows
     if t.key:
-        ok = (staged._reason.isnull()) & (staged._dup_rank == 0)
         key_rank = ibis.row_number().over(
             group_by=[ok, *[staged[f"_t_{k}"] for k in t.key]],
             order_by=[staged._source, staged._source_row],
@@ -281,127 +787,224 @@ def clean_table(
         ).drop("_pk")
     staged = con.create_table(f"_staged_{table}", staged, overwrite=True)
 
-    kept = staged.filter(staged._reason.isnull() & (staged._dup_rank == 0))
+    keep = staged._reason.isnull() & (staged._dup_rank == 0)
+    kept = staged.filter(keep)
     clean = kept.select(
-        **{c: kept[f"_t_{c}"] for c in cols}, _source=kept._source, _source_row=kept._source_row
+        **{c: kept[f"_t_{c}"] for c in [*cols, *extra]},
+        _source=kept._source,
+        _source_row=kept._source_row,
     )
-    if table == "orders":
-        clean = flag_amount_outliers(clean, outlier_mad_threshold)
+    clean = apply_outlier_flags(clean, table, settings)
+    clean, missing = apply_missing_strategies(clean, table, settings)
     con.create_table(table, clean, overwrite=True)
+    if missing:
+        con.insert("missing_values", _missing_counts(con, table, missing))
     bad = staged.filter(staged._reason.notnull() & (staged._dup_rank == 0))
-    quarantined = bad.select(
-        table=ibis.literal(table),
-        _source=bad._source,
-        _source_row=bad._source_row,
-        column=bad._column,
-        reason=bad._reason,
+    con.insert(
+        "quarantine",
+        bad.select(
+            table=ibis.literal(table),
+            _source=bad._source,
+            _source_row=bad._source_row,
+            column=bad._column,
+            reason=bad._reason,
+        ),
     )
-    con.insert("quarantine", quarantined)
-    counts = (
-        staged.aggregate(
-            input=staged.count(),
-            kept=(staged._reason.isnull() & (staged._dup_rank == 0)).sum(),
-            duplicates=(staged._dup_rank > 0).sum(),
-            quarantined=(staged._reason.notnull() & (staged._dup_rank == 0)).sum(),
-        )
-        .to_pandas()
-        .iloc[0]
-    )
+    aggs = {
+        "input": staged.count(),
+        "kept": keep.sum(),
+        "duplicates": (staged._dup_rank > 0).sum(),
+        "quarantined": (staged._reason.notnull() & (staged._dup_rank == 0)).sum(),
+    }
+    aggs.update({f"_fix_{i}": (keep & staged[f"_fix_{i}"]).sum() for i in range(len(rules.fixes))})
+    counts = staged.aggregate(**aggs).to_pandas().iloc[0]
     con.drop_table(f"_staged_{table}")
     # sums over an empty table are NULL
-    out = {
-        k: 0 if pd.isna(counts[k]) else int(counts[k])
-        for k in ("input", "kept", "duplicates", "quarantined")
-    }
+    n = {k: 0 if pd.isna(v) else int(v) for k, v in counts.items()}
+    fixes = pd.DataFrame(
+        {
+            "table": table,
+            "fix": list(rules.fixes),
+            "rows": [n[f"_fix_{i}"] for i in range(len(rules.fixes))],
+        }
+    )
+    if len(fixes):
+        con.insert("value_fixes", fixes)
+    out = {k: n[k] for k in ("input", "kept", "duplicates", "quarantined")}
     if out["input"] != out["kept"] + out["duplicates"] + out["quarantined"]:
         raise RuntimeError(f"row accounting does not add up for {table}: {out}")
     return out
 
 
-def flag_amount_outliers(orders: ir.Table, threshold: float = 5.0) -> ir.Table:
-    """Add ``amount_outlier``: robust z-score of log amount above ``threshold``.
-
-    The z-score is ``|log1p(amount) - median| / (1.4826 * MAD)`` over all orders,
-    computed in the store. Flagged orders are kept; analyses exclude them by default.
+def apply_outlier_flags(clean: ir.Table, table: str, settings: CleanSettings) -> ir.Table:
+    """Add ``<column>_outlier`` flags (and cap values) for the table's flag/cap rules.
 
     Parameters
     ----------
-    orders : ibis Table
-        Typed orders with an ``amount`` column.
-    threshold : float, default 5.0
-        Robust z-score above which an amount is an outlier.
+    clean : ibis Table
+        Typed, kept rows.
+    table : str
+        Canonical table name.
+    settings : CleanSettings
+        Outlier rules.
 
     Returns
     -------
     ibis Table
-        ``orders`` plus boolean ``amount_outlier``.
-
-    Raises
-    ------
-    ValueError
-        If ``amount`` is missing.
+        ``clean`` with one boolean flag per rule; capped columns clipped to the bounds.
     """
-    if "amount" not in orders.columns:
-        raise ValueError("orders has no column 'amount'")
-    la = (orders.amount + 1).ln()
-    med = la.median().as_scalar()
-    mad = (la - med).abs().median().as_scalar()
-    scale = ibis.greatest(mad * 1.4826, ibis.literal(1e-9))
-    return orders.mutate(amount_outlier=((la - med).abs() / scale > threshold).fill_null(False))
+    for key, rule in settings.outliers.items():
+        ot, oc = key.split(".", 1)
+        if ot != table:
+            continue
+        cond, lo, hi = outlier_condition(
+            clean,
+            oc,
+            rule.get("method", "mad"),
+            float(rule.get("threshold", 5.0)),
+            bool(rule.get("log", False)),
+        )
+        values = {f"{oc}_outlier": cond}
+        if rule.get("action", "flag") == "cap":
+            values[oc] = clean[oc].clip(lower=lo, upper=hi)
+        clean = clean.mutate(**values)
+    return clean
 
 
-def empty_quarantine(con: BaseBackend) -> None:
-    """Create (replace) the empty ``quarantine`` table.
+def apply_missing_strategies(
+    clean: ir.Table, table: str, settings: CleanSettings
+) -> tuple[ir.Table, dict[str, str]]:
+    """Apply flag and impute strategies to the table's nullable columns.
+
+    Parameters
+    ----------
+    clean : ibis Table
+        Typed, kept rows.
+    table : str
+        Canonical table name.
+    settings : CleanSettings
+        Missing-value strategies.
+
+    Returns
+    -------
+    tuple
+        (table with ``<column>_missing`` flags and imputed values, column -> strategy
+        for every nullable column).
+    """
+    t = spec(table)
+    strategies = {c: "keep" for c in t.columns if c not in t.required}
+    for key, strategy in settings.missing.items():
+        mt, mc = key.split(".", 1)
+        if mt == table:
+            strategies[mc] = strategy
+    for col, strategy in strategies.items():
+        if strategy in ("flag", "impute_median", "impute_mode"):
+            clean = clean.mutate(**{f"{col}_missing": clean[col].isnull()})
+        if strategy == "impute_median":
+            median = clean[col].median().as_scalar()
+            if clean[col].type().is_integer():
+                median = median.round()
+            clean = clean.mutate(**{col: clean[col].fill_null(median.cast(clean[col].type()))})
+        elif strategy == "impute_mode":
+            clean = clean.mutate(**{col: clean[col].fill_null(clean[col].mode().as_scalar())})
+    return clean, strategies
+
+
+def _missing_counts(con: BaseBackend, table: str, strategies: dict[str, str]) -> pd.DataFrame:
+    """Count missing values before and after the strategies, per column."""
+    t = con.table(table)
+    aggs: dict[str, Any] = {}
+    for i, col in enumerate(strategies):
+        before = t[f"{col}_missing"] if f"{col}_missing" in t.columns else t[col].isnull()
+        aggs[f"b{i}"] = before.cast("int64").sum()
+        aggs[f"a{i}"] = t[col].isnull().cast("int64").sum()
+    row = t.aggregate(**aggs).to_pandas().iloc[0]
+    return pd.DataFrame(
+        {
+            "table": table,
+            "column": list(strategies),
+            "strategy": list(strategies.values()),
+            "missing_before": [
+                0 if pd.isna(row[f"b{i}"]) else int(row[f"b{i}"]) for i in range(len(strategies))
+            ],
+            "missing_after": [
+                0 if pd.isna(row[f"a{i}"]) else int(row[f"a{i}"]) for i in range(len(strategies))
+            ],
+        }
+    )
+
+
+def reset_bookkeeping(con: BaseBackend) -> None:
+    """Create (replace) the empty ``quarantine``, ``value_fixes`` and ``missing_values`` tables.
 
     Parameters
     ----------
     con : BaseBackend
         The store.
     """
-    schema = ibis.schema(
-        {
+    schemas = {
+        "quarantine": {
             "table": "string",
             "_source": "string",
             "_source_row": "int64",
             "column": "string",
             "reason": "string",
-        }
-    )
-    con.create_table("quarantine", schema=schema, overwrite=True)
+        },
+        "value_fixes": {"table": "string", "fix": "string", "rows": "int64"},
+        "missing_values": {
+            "table": "string",
+            "column": "string",
+            "strategy": "string",
+            "missing_before": "int64",
+            "missing_after": "int64",
+        },
+    }
+    for name, schema in schemas.items():
+        con.create_table(name, schema=ibis.schema(schema), overwrite=True)
 
 
 def clean_all(
-    con: BaseBackend,
-    as_of: dt.date | str | None = None,
-    category_map: dict[str, str] | None = None,
-    outlier_mad_threshold: float = 5.0,
+    con: BaseBackend, settings: CleanSettings, match: MatchSettings | None = None
 ) -> pd.DataFrame:
-    """Clean every canonical table and validate the results with pandera.
+    """Clean every canonical table, resolve duplicate customers, validate with pandera.
 
     Parameters
     ----------
     con : BaseBackend
-        The store after stage 01.
-    as_of : date or str, optional
-        The run's as-of date; today (UTC) when omitted.
-    category_map : dict, optional
-        Category label mapping (see :func:`standardise`).
-    outlier_mad_threshold : float, default 5.0
-        Threshold of :func:`flag_amount_outliers`.
+        The DuckDB store after stage 01.
+    settings : CleanSettings
+        Stage settings.
+    match : MatchSettings, optional
+        Entity-resolution settings; customers are not de-duplicated when None.
 
     Returns
     -------
     pandas.DataFrame
-        The row accounting (also written to the store as ``row_accounting``).
+        The row accounting (also written to the store as ``row_accounting``):
+        table, input, kept, duplicates (exact rows), merged (customer records
+        merged into another), quarantined.
+
+    Raises
+    ------
+    RuntimeError
+        If a table's rows do not add up.
     """
-    as_of_date = _as_date(as_of)
-    empty_quarantine(con)
+    register_functions(con)
+    reset_bookkeeping(con)
     rows = []
     for table in TABLES:
-        counts = clean_table(con, table, as_of_date, category_map, outlier_mad_threshold)
-        rows.append({"table": table, **counts})
+        counts = clean_table(con, table, settings)
+        rows.append({"table": table, **counts, "merged": 0})
+    acc = pd.DataFrame(rows)[["table", "input", "kept", "duplicates", "merged", "quarantined"]]
+    if match is not None:
+        result = resolve_customers(con, match)
+        is_cust = acc.table == "customers"
+        acc.loc[is_cust, "merged"] = result["merged"]
+        acc.loc[is_cust, "kept"] -= result["merged"]
     validate_clean(con)
-    acc = pd.DataFrame(rows)
+    total = acc[["kept", "duplicates", "merged", "quarantined"]].sum(axis=1)
+    if not (acc.input == total).all():
+        raise RuntimeError(f"row accounting does not add up:\n{acc}")
     con.create_table("row_accounting", acc, overwrite=True)
     return acc
 
@@ -448,10 +1051,13 @@ def row_accounting(con: BaseBackend) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        table, input, kept, duplicates, quarantined, accounted (bool).
+        table, input, kept, duplicates (exact), merged (entity resolution),
+        quarantined, accounted (bool).
     """
     acc = con.table("row_accounting").to_pandas()
-    acc["accounted"] = acc["input"] == acc["kept"] + acc["duplicates"] + acc["quarantined"]
+    acc["accounted"] = acc["input"] == acc[["kept", "duplicates", "merged", "quarantined"]].sum(
+        axis=1
+    )
     return acc
 
 

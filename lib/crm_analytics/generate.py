@@ -663,13 +663,27 @@ def _generate_chunk(
         d = customers.iloc[dup].copy()
         d["customer_id"] = dup_ids
         d["name"] = [_typo(x, rng) for x in d["name"]]
+        # contact details of the second record: reformatted (45% / 60%), replaced by
+        # another address or number (35% / 15%), or left out (20% / 25%)
+        u = rng.random(n_dup)
         d["email"] = [
-            None if e is None else ("  " + e.upper() if rng.random() < 0.5 else e.title())
-            for e in d["email"]
+            None
+            if e is None or x >= 0.8
+            else (
+                ("  " + e.upper() if x < 0.225 else e.title()) if x < 0.45 else f"new.{i}@163.com"
+            )
+            for e, x, i in zip(d["email"], u, dup_ids, strict=True)
         ]
+        u = rng.random(n_dup)
         d["phone"] = [
-            None if p is None else _phone_formats(np.array([digits[i]]), rng)[0]
-            for p, i in zip(d["phone"], dup, strict=True)
+            None
+            if p is None or x >= 0.75
+            else (
+                _phone_formats(np.array([digits[i]]), rng)[0]
+                if x < 0.6
+                else f"139{rng.integers(0, 10**8):08d}"
+            )
+            for p, i, x in zip(d["phone"], dup, u, strict=True)
         ]
         d["signup_date"] = (
             (
