@@ -991,9 +991,16 @@ def clean_all(
     """
     register_functions(con)
     reset_bookkeeping(con)
+    rejects = pd.Series(dtype="int64")
+    if "raw_rejects" in con.list_tables():  # lines the CSV reader could not parse
+        con.insert("quarantine", con.table("raw_rejects"))
+        rejects = con.table("raw_rejects").to_pandas().groupby("table").size()
     rows = []
     for table in TABLES:
         counts = clean_table(con, table, settings)
+        unparsed = int(rejects.get(table, 0))
+        counts["input"] += unparsed
+        counts["quarantined"] += unparsed
         rows.append({"table": table, **counts, "merged": 0})
     acc = pd.DataFrame(rows)[["table", "input", "kept", "duplicates", "merged", "quarantined"]]
     if match is not None:

@@ -3,13 +3,15 @@
 Each canonical table (see :mod:`crm_analytics.schemas`) gets a raw table
 ``raw_<table>`` holding every source row as text, renamed to canonical column
 names, plus lineage columns ``_source`` (file, or database and table) and
-``_source_row`` (1-based data row within that source). Typing and validation
+``_source_row`` (1-based data record within that source). Typing and validation
 happen in stage 02, so a malformed value is quarantined there with its row,
-never lost here.
+never lost here. A CSV line that cannot be parsed at all (unterminated quote,
+wrong number of fields) goes to ``raw_rejects`` with its record number and
+DuckDB's reason, and stage 02 counts it as quarantined.
 
 Source kinds (one mapping per table in the ``sources`` parameter)::
 
-    {kind: csv, path: "data/raw/x/orders/*.csv", encoding: utf-8, delimiter: ","}
+    {kind: csv, path: "data/raw/x/orders/*.csv", encoding: auto, delimiter: ","}
     {kind: jsonl, path: "data/raw/x/events/*.jsonl"}
     {kind: excel, path: "data/raw/x/tickets.xlsx", sheet: 0}
     {kind: parquet, path: "data/raw/x/orders/*.parquet"}
@@ -19,14 +21,18 @@ Source kinds (one mapping per table in the ``sources`` parameter)::
 Every mapping may add ``columns: {source_name: canonical_name}`` to rename
 columns and ``defaults: {canonical_name: value}`` to fill a column the source
 lacks. Large files are read by DuckDB itself (``read_csv``/``read_json``/
-``read_parquet``), never whole into pandas. GBK/GB18030 files are transcoded to
-UTF-8 in a streaming step first, since DuckDB reads UTF-8 only without its
-downloadable encodings extension.
+``read_parquet``), never whole into pandas. A CSV's encoding is detected
+(``encoding: auto``, the default: UTF-8 with or without BOM, UTF-16, GB18030/GBK,
+Latin-1) or given; non-UTF-8 files are transcoded to UTF-8 in a streaming step
+first, since DuckDB reads UTF-8 only without its downloadable encodings
+extension. The delimiter is given or guessed from the header (comma, tab, semicolon or bar;
+``.tsv`` files use tabs).
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
 import datetime as dt
 import glob
 import hashlib
@@ -69,7 +75,7 @@ class SourceFile:
     sha256 : str
         Content hash of the file; for a database table, hash of its row count and columns.
     rows : int
-        Data rows read.
+        Data records read, including those DuckDB could not parse (kept in ``raw_rejects``).
     loaded_at : str
         UTC time the source was read (ISO 8601).
     """
@@ -193,15 +199,80 @@ def _duck(con: BaseBackend) -> Any:
     return con.con
 
 
-def _scan_sql(kind: str, path: Path, spec_: dict[str, Any]) -> str:
-    """Return the DuckDB table function reading one file as text columns."""
+def detect_encoding(path: Path, sample_bytes: int = 1 << 20) -> str:
+    """Guess a text file's encoding from its first bytes.
+
+    A byte-order mark decides (UTF-8 or UTF-16); otherwise the sample is tried as
+    UTF-8, then GB18030 (a superset of GBK and GB2312), then Latin-1, which
+    decodes anything. A wrong guess on bytes beyond the sample surfaces later as
+    a decoding error naming the byte offset.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    sample_bytes : int, default 1 MiB
+        Bytes examined.
+
+    Returns
+    -------
+    str
+        A Python codec name: ``utf-8-sig``, ``utf-16``, ``utf-8``, ``gb18030`` or ``latin-1``.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(sample_bytes)
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    for enc in ("utf-8", "gb18030"):
+        try:
+            codecs.getincrementaldecoder(enc)().decode(head, final=False)
+            return enc
+        except UnicodeDecodeError:
+            continue
+    return "latin-1"
+
+
+def _header(path: Path, delimiter: str | None) -> tuple[list[str], str]:
+    """Read the header row of a UTF-8 CSV file; guess the delimiter if not given."""
+    with path.open("rb") as fh:
+        raw = fh.readline()
+    try:
+        first = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"{_display(path)}: cannot decode byte {exc.start} of the header as utf-8: {exc.reason}; "
+            "give the file's `encoding:` or use `encoding: auto`"
+        ) from exc
+    if not first.strip():
+        raise SourceError(f"{_display(path)}: empty file, no header row")
+    if delimiter is None:
+        delimiter = max([",", "\t", ";", "|"], key=first.count)
+    names = next(csv.reader([first], delimiter=delimiter))
+    names = [n.strip() for n in names]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SourceError(f"{_display(path)}: header repeats column name(s) {', '.join(dup)}")
+    if any(not n for n in names):
+        raise SourceError(f"{_display(path)}: header has an empty column name")
+    return names, delimiter
+
+
+def _csv_scan(path: Path, names: list[str], delimiter: str) -> str:
+    """Return the DuckDB read_csv call: text columns, no sniffing, bad lines to a rejects table."""
+    cols = "{" + ", ".join(f"{_sql_quote(n)}: 'VARCHAR'" for n in names) + "}"
+    return (
+        f"read_csv({_sql_quote(str(path))}, columns={cols}, auto_detect=false, header=true, "
+        f"delim={_sql_quote(delimiter)}, quote='\"', escape='\"', strict_mode=true, "
+        "null_padding=false, max_line_size=10000000, ignore_errors=true, store_rejects=true, "
+        "rejects_table='_csv_rejects', rejects_scan='_csv_reject_scans')"
+    )
+
+
+def _scan_sql(kind: str, path: Path) -> str:
+    """Return the DuckDB table function reading a JSON-lines or Parquet file."""
     p = _sql_quote(str(path))
-    if kind == "csv":
-        delim = _sql_quote(spec_.get("delimiter", ","))
-        return (
-            f"read_csv({p}, all_varchar=true, header=true, delim={delim}, "
-            "quote='\"', escape='\"', strict_mode=false, null_padding=true)"
-        )
     if kind == "jsonl":
         return f"read_json({p}, format='newline_delimited', records=true, sample_size=-1)"
     if kind == "parquet":
@@ -257,23 +328,69 @@ def _create_raw(duck: Any, table: str) -> None:
     )
 
 
+def _load_csv(
+    duck: Any, table: str, path: Path, spec_: dict[str, Any], label: str, tmp: Path
+) -> int:
+    """Append a CSV/TSV file to ``raw_<table>``; lines DuckDB cannot parse go to ``raw_rejects``.
+
+    ``_source_row`` is the data record number (1 = first record after the header;
+    equal to the line number minus one unless quoted fields hold line breaks).
+    """
+    encoding = str(spec_.get("encoding", "auto")).lower()
+    if encoding == "auto":
+        encoding = detect_encoding(path)
+    read_path = path
+    if encoding not in UTF8_ENCODINGS:
+        read_path = transcode_to_utf8(path, encoding, tmp / "utf8.csv")
+    delimiter = spec_.get("delimiter") or ("\t" if path.suffix.lower() == ".tsv" else None)
+    names, delimiter = _header(read_path, delimiter)
+    items = _select_canonical(table, names, spec_, label)
+    duck.execute("DROP TABLE IF EXISTS _csv_rejects; DROP TABLE IF EXISTS _csv_reject_scans")
+    duck.execute(
+        f"CREATE OR REPLACE TEMP TABLE _csv_good AS SELECT *, row_number() OVER () AS _k "
+        f"FROM {_csv_scan(read_path, names, delimiter)}"
+    )
+    duck.execute(
+        "CREATE OR REPLACE TEMP TABLE _csv_bad AS SELECT line - 1 AS _source_row, "
+        "min_by(coalesce(column_name, ''), column_idx) AS column_name, "
+        "min_by(error_message, column_idx) AS message, "
+        "max(length(csv_line) - length(replace(csv_line, chr(10), ''))) AS extra_lines "
+        "FROM _csv_rejects GROUP BY line"
+    )
+    # good records are numbered around the rejected ones
+    duck.execute(
+        f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {_sql_quote(label)}, n._source_row "
+        "FROM _csv_good g JOIN (SELECT r AS _source_row, row_number() OVER (ORDER BY r) AS _k "
+        "FROM (SELECT range + 1 AS r FROM range((SELECT count(*) FROM _csv_good) "
+        "+ (SELECT count(*) FROM _csv_bad))) WHERE r NOT IN (SELECT _source_row FROM _csv_bad)) n "
+        "USING (_k)"
+    )
+    duck.execute(
+        f"INSERT INTO raw_rejects SELECT {_sql_quote(table)}, {_sql_quote(label)}, _source_row, "
+        "nullif(column_name, ''), 'unparseable line: ' || message || CASE WHEN extra_lines > 1 "
+        "THEN ' (the record runs over ' || extra_lines || ' lines)' ELSE '' END FROM _csv_bad"
+    )
+    good = duck.execute("SELECT count(*) FROM _csv_good").fetchone()[0]
+    duck.execute("DROP TABLE _csv_good; DROP TABLE _csv_bad")
+    return int(good)
+
+
 def _load_file(duck: Any, table: str, kind: str, path: Path, spec_: dict[str, Any]) -> int:
-    """Append one file to ``raw_<table>``; return the rows read."""
+    """Append one file to ``raw_<table>``; return the rows read (rejected lines excluded)."""
     label = _display(path)
-    encoding = str(spec_.get("encoding", "utf-8")).lower()
     with tempfile.TemporaryDirectory(prefix="crm-collect-") as tmp:
-        read_path = path
-        if kind == "csv" and encoding not in UTF8_ENCODINGS:
-            read_path = transcode_to_utf8(path, encoding, Path(tmp) / "utf8.csv")
-        if kind == "excel":
-            frame = pd.read_excel(path, sheet_name=spec_.get("sheet", 0), dtype=str)
-            frame = frame.astype(object).where(frame.notna(), None)
-            read_path = Path(tmp) / "sheet.parquet"
-            frame.to_parquet(read_path, index=False)
-            scan = _scan_sql("parquet", read_path, spec_)
-        else:
-            scan = _scan_sql(kind, read_path, spec_)
         try:
+            if kind == "csv":
+                return _load_csv(duck, table, path, spec_, label, Path(tmp))
+            read_path = path
+            if kind == "excel":
+                frame = pd.read_excel(path, sheet_name=spec_.get("sheet", 0), dtype=str)
+                frame = frame.astype(object).where(frame.notna(), None)
+                read_path = Path(tmp) / "sheet.parquet"
+                frame.to_parquet(read_path, index=False)
+                scan = _scan_sql("parquet", read_path)
+            else:
+                scan = _scan_sql(kind, read_path)
             available = _source_columns(duck, scan)
             items = _select_canonical(table, available, spec_, label)
             before = duck.execute(f"SELECT count(*) FROM raw_{table}").fetchone()[0]
@@ -283,8 +400,9 @@ def _load_file(duck: Any, table: str, kind: str, path: Path, spec_: dict[str, An
             )
         except SourceError:
             raise
-        except Exception as exc:  # DuckDB parse errors: name the file
-            raise SourceError(f"{label}: cannot read as {kind}: {exc}") from exc
+        except Exception as exc:  # parse errors of DuckDB, pandas or openpyxl: name the file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SourceError(f"{label}: cannot read as {kind}: {first}") from exc
         after = duck.execute(f"SELECT count(*) FROM raw_{table}").fetchone()[0]
     return int(after - before)
 
@@ -521,15 +639,27 @@ def collect_sources(con: BaseBackend, sources: dict[str, Any]) -> pd.DataFrame:
     specs = list(iter_source_specs(sources))
     for table in TABLES:
         _create_raw(duck, table)
+    duck.execute(
+        'CREATE OR REPLACE TABLE raw_rejects ("table" VARCHAR, _source VARCHAR, '
+        '_source_row BIGINT, "column" VARCHAR, reason VARCHAR)'
+    )
     read: list[SourceFile] = []
     for table, s in specs:
         kind = s["kind"]
         if kind in FILE_KINDS:
             for path in expand_paths(str(s["path"])):
                 rows = _load_file(duck, table, kind, path, s)
+                rejected = duck.execute(
+                    "SELECT count(*) FROM raw_rejects WHERE _source = ?", [_display(path)]
+                ).fetchone()[0]
                 read.append(
                     SourceFile(
-                        table, _display(path), path.stat().st_size, sha256_file(path), rows, _now()
+                        table,
+                        _display(path),
+                        path.stat().st_size,
+                        sha256_file(path),
+                        rows + int(rejected),
+                        _now(),
                     )
                 )
         elif kind == "sql":

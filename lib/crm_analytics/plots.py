@@ -87,12 +87,12 @@ def plot_source_rows(counts: pd.DataFrame, ax: Axes | None = None) -> Axes:
 
 
 def plot_row_accounting(acc: pd.DataFrame, ax: Axes | None = None) -> Axes:
-    """Rows not kept per table (exact duplicates and quarantined), with the kept share.
+    """Rows not kept per table (exact duplicates, merged records, quarantined), with the kept share.
 
     Parameters
     ----------
     acc : pandas.DataFrame
-        Columns ``table``, ``kept``, ``duplicates``, ``quarantined``.
+        Columns ``table``, ``kept``, ``duplicates``, ``quarantined`` and optionally ``merged``.
     ax : Axes, optional
         Where to draw.
 
@@ -102,13 +102,13 @@ def plot_row_accounting(acc: pd.DataFrame, ax: Axes | None = None) -> Axes:
         The axes drawn on.
     """
     ax = _ax(ax)
-    d = acc.set_index("table")[["kept", "duplicates", "quarantined"]]
+    lost = [c for c in ("duplicates", "merged", "quarantined") if c in acc.columns]
+    d = acc.set_index("table")[["kept", *lost]]
     total = d.sum(axis=1).replace(0, 1)
-    d[["duplicates", "quarantined"]].plot.barh(stacked=True, ax=ax, width=0.7, color=["C1", "C3"])
-    ax.set_yticks(
-        range(len(d)),
-        [f"{t} ({k / n:.1%} kept)" for t, k, n in zip(d.index, d.kept, total, strict=True)],
-    )
+    colours = {"duplicates": "C1", "merged": "C4", "quarantined": "C3"}
+    d[lost].plot.barh(stacked=True, ax=ax, width=0.7, color=[colours[c] for c in lost])
+    labels = [f"{t} ({k / n:.1%} kept)" for t, k, n in zip(d.index, d.kept, total, strict=True)]
+    ax.set_yticks(range(len(d)), labels)
     ax.set(title="Rows not kept, per table", xlabel="rows", ylabel="")
     ax.legend(loc="lower right", frameon=True)
     return ax
