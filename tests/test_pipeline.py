@@ -66,6 +66,16 @@ def test_manifest_and_metrics(run):
     assert [s["stage"] for s in manifest["stages"]] == list(config.STAGES)
     assert all(s["status"] == "ok" and s["seconds"] > 0 for s in manifest["stages"])
     assert len(manifest["input_fingerprint"]) == 64
+    files = manifest["source_files"]
+    assert {f["table"] for f in files} == {
+        "customers",
+        "orders",
+        "order_items",
+        "events",
+        "tickets",
+        "surveys",
+    }
+    assert all(len(f["sha256"]) == 64 and f["rows"] >= 0 and f["loaded_at"] for f in files)
     assert manifest["packages"]["duckdb"].startswith("1.")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == set(config.STAGES)
@@ -74,6 +84,14 @@ def test_manifest_and_metrics(run):
     assert c["input"] == metrics["collect"]["rows_read"]
     assert c["input"] == c["kept"] + c["duplicates"] + c["merged"] + c["quarantined"]
     assert c["merged"] > 0 and c["duplicate_detection"]["f1"] > 0.8
+    assert set(c["data_quality"]) == {
+        "customers",
+        "orders",
+        "order_items",
+        "events",
+        "tickets",
+        "surveys",
+    }
     assert 0.5 < metrics["churn"]["holdout_roc_auc"] <= 1
     assert metrics["segment"]["clusters"] >= 2
     assert metrics["forecast"]["arima_mase"] > 0 and metrics["forecast"]["periods"] > 52

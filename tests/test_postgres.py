@@ -63,3 +63,56 @@ def test_sales_series_and_labels_same_on_duckdb_and_postgres(postgres_url, order
     lb = features.churn_labels(p, "2026-03-31", 90).to_pandas()
     assert_frame_equal(_norm(la, ["customer_id"]), _norm(lb, ["customer_id"]), check_dtype=False)
     pg.drop_table("orders_feature_test")
+
+
+def test_postgres_and_duckdb_sources_give_identical_clean_tables(
+    postgres_url, tiny_dataset, tmp_path
+):
+    """The same CRM and orders, served by PostgreSQL and by a DuckDB file, clean to the same tables."""
+    import sqlite3
+
+    from crm_analytics import clean, collect, entities
+
+    with sqlite3.connect(tiny_dataset / "crm.sqlite") as db:
+        customers = pd.read_sql("select * from customers", db)
+    orders = pd.concat(
+        pd.read_csv(f, dtype=str) for f in sorted((tiny_dataset / "orders").glob("*.csv"))
+    )
+    orders = orders.astype(object).where(orders.notna(), None)
+    pg = ibis.connect(postgres_url)
+    src_duck = ibis.duckdb.connect(str(tmp_path / "source.duckdb"))
+    for con in (pg, src_duck):
+        con.create_table("crm_customers", customers, overwrite=True)
+        con.create_table("shop_orders", orders, overwrite=True)
+    src_duck.disconnect()
+    cleaned = {}
+    for name, url in (
+        ("postgres", postgres_url),
+        ("duckdb", f"duckdb:///{tmp_path / 'source.duckdb'}"),
+    ):
+        store = ibis.duckdb.connect()
+        collect.collect_sources(
+            store,
+            {
+                "customers": {"kind": "sql", "url": url, "table": "crm_customers"},
+                "orders": {"kind": "sql", "url": url, "table": "shop_orders"},
+            },
+        )
+        clean.clean_all(
+            store, clean.CleanSettings.build(as_of="2026-11-01"), entities.MatchSettings(seed=3)
+        )
+        frames = {}
+        for t, key in (
+            ("customers", "customer_id"),
+            ("orders", "order_id"),
+            ("customer_crosswalk", "original_id"),
+            ("quarantine", ["table", "_source_row"]),
+        ):
+            frame = store.table(t).to_pandas().drop(columns="_source", errors="ignore")
+            frames[t] = frame.sort_values(key).reset_index(drop=True)
+        cleaned[name] = frames  # fmt: skip
+    for t in cleaned["postgres"]:
+        assert len(cleaned["postgres"][t]) > 0 or t == "quarantine"
+        assert_frame_equal(cleaned["postgres"][t], cleaned["duckdb"][t], check_dtype=False)
+    pg.drop_table("crm_customers")
+    pg.drop_table("shop_orders")

@@ -1090,6 +1090,23 @@ def quarantine_summary(con: BaseBackend) -> pd.DataFrame:
     )
 
 
+def known_categories(settings: CleanSettings | None = None) -> list[str]:
+    """Return the canonical product categories: the targets of the category map, plus ``music``.
+
+    Parameters
+    ----------
+    settings : CleanSettings, optional
+        Stage settings; the built-in map when omitted.
+
+    Returns
+    -------
+    list of str
+        Sorted category names.
+    """
+    cmap = settings.category_map if settings else DEFAULT_CATEGORY_MAP
+    return sorted({*cmap.values(), *DEFAULT_CATEGORY_MAP.values(), "music"})
+
+
 def unmapped_categories(con: BaseBackend, known: list[str] | None = None) -> pd.DataFrame:
     """Return category labels of clean order lines outside the known set.
 
@@ -1106,7 +1123,7 @@ def unmapped_categories(con: BaseBackend, known: list[str] | None = None) -> pd.
     pandas.DataFrame
         category, rows.
     """
-    known = known or sorted({*DEFAULT_CATEGORY_MAP.values(), "music"})
+    known = known or known_categories()
     it = con.table("order_items")
     other = it.filter(it.category.notnull() & ~it.category.isin(known))
     return (

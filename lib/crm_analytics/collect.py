@@ -16,6 +16,7 @@ Source kinds (one mapping per table in the ``sources`` parameter)::
     {kind: excel, path: "data/raw/x/tickets.xlsx", sheet: 0}
     {kind: parquet, path: "data/raw/x/orders/*.parquet"}
     {kind: sql, url: "sqlite:///data/raw/x/crm.sqlite", table: customers}
+    {kind: sql, url: "postgresql://user@host/db", query: "select ...", order_by: [id]}
     {kind: cdnow, variant: sample}      # real CDNOW data shipped with `lifetimes`
 
 Every mapping may add ``columns: {source_name: canonical_name}`` to rename
@@ -450,6 +451,12 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
         available = list(expr.columns)
         items = _select_canonical(table, available, spec_, label)
         casted = expr.select(*[expr[c].cast("string").name(c) for c in available])
+        # a database returns rows in no particular order: number them in key order
+        rename = dict(spec_.get("columns") or {})
+        source_of = {rename.get(c, c): c for c in available}
+        order = spec_.get("order_by") or [source_of[k] for k in spec(table).key if k in source_of]
+        if order:
+            casted = casted.order_by(list(order))
         reader = casted.to_pyarrow_batches(chunk_size=100_000)
     except SourceError:
         raise

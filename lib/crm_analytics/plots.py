@@ -326,3 +326,30 @@ def plot_holdout(pred: pd.DataFrame, ax: Axes | None = None) -> Axes:
     if "period" in pred.columns:
         _date_axis(ax)
     return ax
+
+
+def plot_quality_trend(history: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Each data-quality measure (lowest over all columns) across runs.
+
+    Parameters
+    ----------
+    history : pandas.DataFrame
+        Columns ``run_id``, ``measured_at``, ``metric``, ``value``.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    order = history.drop_duplicates("run_id").sort_values("measured_at").run_id.tolist()
+    low = history.groupby(["run_id", "metric"]).value.min().unstack()
+    low = low.reindex(order)
+    for metric in low.columns:
+        ax.plot(range(len(low)), low[metric], marker="o", label=metric)
+    ax.set_xticks(range(len(low)), [r[-16:] for r in low.index], rotation=30, ha="right")
+    ax.set(title="Data quality across runs (worst column)", ylabel="share", ylim=(None, 1.01))
+    ax.legend(loc="lower left")
+    return ax

@@ -247,6 +247,8 @@ def run_pipeline(
             break
     metrics = read_stage_metrics(run_dir)
     manifest["input_fingerprint"] = metrics.get("collect", {}).get("input_fingerprint")
+    # what this run read (file, size, hash, rows, time): each run keeps its own snapshot
+    manifest["source_files"] = metrics.get("collect", {}).pop("source_files", None)
     manifest["seconds"] = round(time.perf_counter() - t_run, 2)
     manifest["ended_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     manifest["status"] = "failed" if failure else "ok"
