@@ -60,6 +60,7 @@ def bench(n: int, regenerate: bool, generate_only: bool = False) -> dict:
     params = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
     params.pop("generate", None)
     params["store"] = f"data/bench/store-{n}.duckdb"
+    params["clean"]["truth_dir"] = f"data/bench/{n}/truth"
     for spec in params["collect"]["sources"].values():
         for key in ("path", "url"):
             if key in spec:
@@ -69,12 +70,14 @@ def bench(n: int, regenerate: bool, generate_only: bool = False) -> dict:
     run_id = f"bench-{n}-{time.strftime('%Y%m%dT%H%M%S')}"
     run = _measure("run", str(pfile), run_id)
     manifest = json.loads((Path(run["run_dir"]) / "manifest.json").read_text())
+    metrics = json.loads((Path(run["run_dir"]) / "metrics.json").read_text())
     return {
         "customers": n,
         "rows": rows,
         "generate": gen,
         "run": run,
         "stages": {s["stage"]: s["seconds"] for s in manifest["stages"]},
+        "dedup_f1": (metrics["clean"].get("duplicate_detection") or {}).get("f1"),
     }
 
 
@@ -103,7 +106,7 @@ def main() -> None:
         print(
             f"{r['customers']:>10,} {orders:>10,} {gen_s} {gen_mb} {r['run']['seconds']:7.1f} "
             f"{r['run']['self_mb']:9.0f} {r['run']['children_mb']:9.0f} "
-            f"{orders / r['run']['seconds']:9,.0f}  {stages}"
+            f"{orders / r['run']['seconds']:9,.0f}  {stages}  dedup F1={r['dedup_f1']}"
         )
     print(
         "gen: generation (skipped '(-)' when the data existed; use --regenerate); "
