@@ -263,3 +263,82 @@ def churn_labels(
     return out.select(
         "customer_id", churned=ibis.cases((out.bought.isnull(), 1), else_=0).cast("int8")
     )
+
+
+def clv_summary(orders: ir.Table, cutoff: dt.date | str, time_unit_days: int = 1) -> ir.Table:
+    """Return the RFM summary used by BG/NBD-type models, from paid orders before ``cutoff``.
+
+    The same quantities as ``lifetimes.utils.summary_data_from_transaction_data``
+    with the observation period ending the day before the cutoff: purchases are
+    counted per day (several orders on one day are one purchase occasion).
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders.
+    cutoff : date or ISO string
+        First day not observed.
+    time_unit_days : int, default 1
+        Unit of ``recency`` and ``T`` in days (7 for weeks).
+
+    Returns
+    -------
+    ibis Table
+        customer_id, frequency (repeat purchase days), recency (first to last
+        purchase), T (first purchase to the end of observation), monetary_value
+        (mean spend of the repeat purchase days; 0 without repeats).
+    """
+    c = _ts(cutoff)
+    paid = paid_orders(orders)
+    paid = paid.filter(paid.order_ts < c)
+    daily = paid.group_by(["customer_id", paid.order_ts.date().name("day")]).aggregate(
+        spend=paid.amount.sum().cast("float64")
+    )
+    first = ibis.row_number().over(group_by=daily.customer_id, order_by=daily.day)
+    daily = daily.mutate(_i=first)
+    end = (c - ibis.interval(days=1)).date()
+    agg = daily.group_by("customer_id").aggregate(
+        n_days=daily.count(),
+        first_day=daily.day.min(),
+        last_day=daily.day.max(),
+        repeat_spend=daily.spend.sum(where=daily._i > 0),
+    )
+    unit = float(time_unit_days)
+    return agg.select(
+        "customer_id",
+        frequency=(agg.n_days - 1).cast("int64"),
+        recency=agg.last_day.delta(agg.first_day, unit="day").cast("float64") / unit,
+        T=end.delta(agg.first_day, unit="day").cast("float64") / unit,
+        monetary_value=ibis.cases(
+            (agg.n_days > 1, agg.repeat_spend / (agg.n_days - 1)), else_=ibis.literal(0.0)
+        ).cast("float64"),
+    )
+
+
+def holdout_purchases(orders: ir.Table, cutoff: dt.date | str, holdout_days: int) -> ir.Table:
+    """Count purchase days per customer in ``[cutoff, cutoff + holdout_days)``.
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders.
+    cutoff : date or ISO string
+        First holdout day.
+    holdout_days : int
+        Holdout length.
+
+    Returns
+    -------
+    ibis Table
+        customer_id, frequency_holdout (distinct purchase days), monetary_holdout
+        (spend in the holdout).
+    """
+    c = _ts(cutoff)
+    paid = paid_orders(orders)
+    paid = paid.filter(
+        (paid.order_ts >= c) & (paid.order_ts < c + ibis.interval(days=holdout_days))
+    )
+    return paid.group_by("customer_id").aggregate(
+        frequency_holdout=paid.order_ts.date().nunique().cast("int64"),
+        monetary_holdout=paid.amount.sum().cast("float64"),
+    )

@@ -1,0 +1,309 @@
+"""Customer lifetime value: purchase-count and spend models, wrapped so they can be swapped.
+
+The purchase process is BG/NBD or Pareto/NBD and spend per purchase is
+Gamma-Gamma, fitted with ``lifetimes`` (the reference implementation of these
+likelihoods; it reproduces the published CDNOW fits). The inputs are the
+per-customer summaries of :func:`crm_analytics.features.clv_summary`, computed
+in the store; the calibration/holdout split is :func:`calibration_holdout`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PURCHASE_MODELS: tuple[str, ...] = ("bgnbd", "pareto")
+
+
+def _require(frame: pd.DataFrame, columns: list[str]) -> None:
+    """Raise ``ValueError`` naming the first missing column."""
+    for c in columns:
+        if c not in frame.columns:
+            raise ValueError(f"missing column {c!r}")
+
+
+def calibration_holdout(summary: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
+    """Join calibration summaries with holdout purchases (zero for customers who did not buy).
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        customer_id, frequency, recency, T, monetary_value (calibration period).
+    holdout : pandas.DataFrame
+        customer_id, frequency_holdout[, monetary_holdout] (holdout period).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The calibration columns plus frequency_holdout (and monetary_holdout),
+        one row per calibration customer; a new frame.
+    """
+    _require(summary, ["customer_id", "frequency", "recency", "T", "monetary_value"])
+    _require(holdout, ["customer_id", "frequency_holdout"])
+    out = summary.merge(holdout, on="customer_id", how="left")
+    for c in ("frequency_holdout", "monetary_holdout"):
+        if c in out.columns:
+            out[c] = out[c].fillna(0)
+    out["frequency_holdout"] = out.frequency_holdout.astype(int)
+    return out
+
+
+@dataclass(frozen=True)
+class GammaGammaCheck:
+    """Result of the Gamma-Gamma preconditions check.
+
+    Attributes
+    ----------
+    repeat_customers : int
+        Customers with repeat purchases and positive spend (the model's input).
+    correlation : float
+        Pearson correlation of frequency and mean spend among them.
+    ok : bool
+        Whether the preconditions hold.
+    message : str
+        What was checked, in words.
+    """
+
+    repeat_customers: int
+    correlation: float
+    ok: bool
+    message: str
+
+
+def check_gamma_gamma(summary: pd.DataFrame, max_abs_correlation: float = 0.3) -> GammaGammaCheck:
+    """Check Gamma-Gamma's preconditions: positive spend, spend independent of frequency.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        frequency and monetary_value per customer.
+    max_abs_correlation : float, default 0.3
+        Largest acceptable absolute correlation of frequency and spend.
+
+    Returns
+    -------
+    GammaGammaCheck
+        The figures and a warning message when a precondition fails.
+    """
+    _require(summary, ["frequency", "monetary_value"])
+    rep = summary[(summary.frequency > 0) & (summary.monetary_value > 0)]
+    if len(rep) < 10:
+        return GammaGammaCheck(len(rep), float("nan"), False,
+                               f"only {len(rep)} repeat customers with positive spend: too few to fit spend")  # fmt: skip
+    corr = float(np.corrcoef(rep.frequency, rep.monetary_value)[0, 1])
+    ok = abs(corr) <= max_abs_correlation
+    msg = (f"frequency and spend correlate at {corr:.2f} among {len(rep):,} repeat customers"
+           + ("" if ok else f" (above {max_abs_correlation}): Gamma-Gamma assumes independence; "
+                            "treat CLV as indicative"))  # fmt: skip
+    return GammaGammaCheck(len(rep), corr, ok, msg)
+
+
+class CLVModel:
+    """Purchase-count model plus Gamma-Gamma spend model, with discounted CLV.
+
+    Parameters
+    ----------
+    purchase_model : {"bgnbd", "pareto"}, default "bgnbd"
+        BG/NBD or Pareto/NBD.
+    penalizer : float, default 0.0
+        L2 penalty of the purchase model (lifetimes' ``penalizer_coef``).
+    spend_penalizer : float, default 0.0
+        L2 penalty of the Gamma-Gamma model.
+    time_unit : {"D", "W"}, default "W"
+        Unit of ``recency`` and ``T`` in the summaries.
+
+    Attributes
+    ----------
+    purchase_model_ : lifetimes fitter
+        Fitted BetaGeoFitter or ParetoNBDFitter.
+    spend_model_ : lifetimes.GammaGammaFitter or None
+        Fitted spend model (None when too few repeat customers).
+    params_ : dict
+        Fitted parameters of both models.
+    neg_log_likelihood_ : float
+        The purchase model's optimised objective (lifetimes' mean negative
+        log-likelihood on its internally rescaled data).
+    gamma_gamma_check_ : GammaGammaCheck
+        Preconditions of the spend model.
+    """
+
+    def __init__(self, purchase_model: str = "bgnbd", penalizer: float = 0.0,
+                 spend_penalizer: float = 0.0, time_unit: str = "W") -> None:  # fmt: skip
+        self.purchase_model = purchase_model
+        self.penalizer = penalizer
+        self.spend_penalizer = spend_penalizer
+        self.time_unit = time_unit
+
+    def fit(self, summary: pd.DataFrame) -> CLVModel:
+        """Fit both models to calibration summaries.
+
+        Parameters
+        ----------
+        summary : pandas.DataFrame
+            frequency, recency, T, monetary_value per customer.
+
+        Returns
+        -------
+        CLVModel
+            self.
+
+        Raises
+        ------
+        ValueError
+            If a column is missing or the purchase model is unknown.
+        """
+        from lifetimes import BetaGeoFitter, GammaGammaFitter, ParetoNBDFitter
+
+        _require(summary, ["frequency", "recency", "T", "monetary_value"])
+        if self.purchase_model not in PURCHASE_MODELS:
+            raise ValueError(
+                f"purchase_model must be one of {PURCHASE_MODELS}, got {self.purchase_model!r}"
+            )
+        fitter = BetaGeoFitter if self.purchase_model == "bgnbd" else ParetoNBDFitter
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.purchase_model_ = fitter(penalizer_coef=self.penalizer).fit(
+                summary.frequency, summary.recency, summary["T"]
+            )
+        self.neg_log_likelihood_ = float(self.purchase_model_._negative_log_likelihood_)
+        self.gamma_gamma_check_ = check_gamma_gamma(summary)
+        rep = summary[(summary.frequency > 0) & (summary.monetary_value > 0)]
+        self.spend_model_ = None
+        if len(rep) >= 10:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self.spend_model_ = GammaGammaFitter(penalizer_coef=self.spend_penalizer).fit(
+                        rep.frequency, rep.monetary_value
+                    )
+            except Exception as exc:  # lifetimes raises its ConvergenceError
+                self.gamma_gamma_check_ = GammaGammaCheck(
+                    len(rep), self.gamma_gamma_check_.correlation, False,
+                    f"the Gamma-Gamma spend model did not converge ({type(exc).__name__}); no CLV",
+                )  # fmt: skip
+        self.params_: dict[str, Any] = {
+            self.purchase_model: {k: float(v) for k, v in self.purchase_model_.params_.items()},
+            "gamma_gamma": (
+                {k: float(v) for k, v in self.spend_model_.params_.items()}
+                if self.spend_model_
+                else None
+            ),
+        }
+        return self
+
+    def expected_purchases(self, summary: pd.DataFrame, periods: float) -> np.ndarray:
+        """Return the expected purchases of each customer in the next ``periods`` time units.
+
+        Parameters
+        ----------
+        summary : pandas.DataFrame
+            frequency, recency, T.
+        periods : float
+            Horizon in ``time_unit``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Expected counts.
+        """
+        m = self.purchase_model_
+        return np.asarray(m.conditional_expected_number_of_purchases_up_to_time(
+            periods, summary.frequency, summary.recency, summary["T"]))  # fmt: skip
+
+    def probability_alive(self, summary: pd.DataFrame) -> np.ndarray:
+        """Return the probability that each customer is still active.
+
+        Parameters
+        ----------
+        summary : pandas.DataFrame
+            frequency, recency, T.
+
+        Returns
+        -------
+        numpy.ndarray
+            Probabilities in [0, 1].
+        """
+        m = self.purchase_model_
+        return np.asarray(
+            m.conditional_probability_alive(summary.frequency, summary.recency, summary["T"])
+        )
+
+    def expected_spend(self, summary: pd.DataFrame) -> np.ndarray:
+        """Return the expected spend per purchase (Gamma-Gamma; population mean for one-time buyers).
+
+        Parameters
+        ----------
+        summary : pandas.DataFrame
+            frequency, monetary_value.
+
+        Returns
+        -------
+        numpy.ndarray
+            Expected spend per purchase (NaN without a spend model).
+        """
+        if self.spend_model_ is None:
+            return np.full(len(summary), np.nan)
+        return np.asarray(self.spend_model_.conditional_expected_average_profit(
+            summary.frequency, summary.monetary_value))  # fmt: skip
+
+    def clv(
+        self, summary: pd.DataFrame, horizon_months: int = 12, annual_discount_rate: float = 0.1
+    ) -> np.ndarray:
+        """Return the discounted customer lifetime value over a horizon.
+
+        Expected purchases month by month times expected spend, discounted at
+        the monthly equivalent of ``annual_discount_rate``.
+
+        Parameters
+        ----------
+        summary : pandas.DataFrame
+            frequency, recency, T, monetary_value.
+        horizon_months : int, default 12
+            Months ahead.
+        annual_discount_rate : float, default 0.1
+            Yearly discount rate.
+
+        Returns
+        -------
+        numpy.ndarray
+            CLV per customer in the amount's currency (NaN without a spend model).
+        """
+        per_month = {"D": 30.4375, "W": 4.348125}[self.time_unit]
+        monthly_rate = (1 + annual_discount_rate) ** (1 / 12) - 1
+        spend = self.expected_spend(summary)
+        value = np.zeros(len(summary))
+        previous = np.zeros(len(summary))
+        for month in range(1, horizon_months + 1):
+            cumulative = self.expected_purchases(summary, month * per_month)
+            value += (cumulative - previous) * spend / (1 + monthly_rate) ** month
+            previous = cumulative
+        return value
+
+
+def value_tiers(values: np.ndarray, cut_points: tuple[float, float] = (0.5, 0.8)) -> np.ndarray:
+    """Label customers low, medium or high by CLV quantile.
+
+    Parameters
+    ----------
+    values : array-like
+        CLV per customer.
+    cut_points : tuple of float, default (0.5, 0.8)
+        Quantiles separating low/medium and medium/high.
+
+    Returns
+    -------
+    numpy.ndarray
+        "low", "medium" or "high" ("unknown" where the value is missing).
+    """
+    v = np.asarray(values, dtype=float)
+    ok = ~np.isnan(v)
+    if not ok.any():
+        return np.full(len(v), "unknown", dtype=object)
+    lo, hi = np.quantile(v[ok], cut_points)
+    out = np.where(v >= hi, "high", np.where(v >= lo, "medium", "low")).astype(object)
+    out[~ok] = "unknown"
+    return out
