@@ -115,3 +115,69 @@ def test_clusters_need_features_and_rows():
         segment.BehaviourClusters().fit(pd.DataFrame({"x": range(20)}))
     with pytest.raises(ValueError, match="more than k_max"):
         segment.BehaviourClusters(k_max=8).fit(pd.DataFrame({"frequency": range(5)}))
+
+
+def test_lifecycle_stages_known_answer():
+    import datetime as dt
+
+    import ibis
+
+    from crm_analytics import features
+
+    orders = ibis.memtable(
+        pd.DataFrame(
+            {
+                "order_id": list("abcd"),
+                "customer_id": ["a", "a", "b", "c"],
+                "order_ts": pd.to_datetime(
+                    ["2024-01-10", "2024-12-20", "2024-03-01", "2025-01-05"]
+                ),
+                "amount": [1.0] * 4,
+                "status": ["paid"] * 4,
+            }
+        )
+    )
+    cust = ibis.memtable(
+        pd.DataFrame(
+            {
+                "customer_id": list("abcdz"),
+                "signup_date": [dt.date(2024, 1, 1)] * 4 + [dt.date(2025, 6, 1)],
+            }
+        )
+    )
+    got = features.lifecycle_stages(
+        orders, cust, [dt.date(2025, 1, 1), dt.date(2025, 3, 1)]
+    ).to_pandas()
+    got = got.sort_values(["snapshot", "customer_id"])
+    assert got.stage.tolist() == [
+        "active", "dormant", "prospect", "prospect",  # 2025-01-01: c has not bought yet; z not signed up
+        "active", "dormant", "new", "prospect",  # 2025-03-01: b silent exactly 365 days is still dormant
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="active_days <= churn_days"):
+        features.lifecycle_stages(
+            orders, cust, [dt.date(2025, 1, 1)], active_days=400, churn_days=365
+        )
+
+
+def test_stability_gmm_and_persona_agreement():
+    rng = np.random.default_rng(0)
+    n = 150
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(3 * n)],
+            "recency_days": np.r_[
+                rng.normal(5, 1, n), rng.normal(200, 10, n), rng.normal(60, 5, n)
+            ].clip(0),
+            "frequency": np.r_[
+                rng.normal(30, 2, n), rng.normal(1, 0.2, n), rng.normal(6, 1, n)
+            ].clip(0),
+        }
+    )
+    model = segment.BehaviourClusters(k_min=3, k_max=3, sample_size=300, seed=1).fit(frame)
+    assert segment.cluster_stability(model, frame) > 0.95
+    gm = segment.gaussian_mixture_labels(model, frame)
+    assert adjusted_rand_score(model.predict(frame), gm) > 0.9
+    truth = pd.DataFrame(
+        {"customer_id": frame.customer_id, "persona": np.repeat(["vip", "one_off", "regular"], n)}
+    )
+    assert segment.persona_agreement(frame.assign(cluster=model.predict(frame)), truth) > 0.95

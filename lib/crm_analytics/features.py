@@ -342,3 +342,91 @@ def holdout_purchases(orders: ir.Table, cutoff: dt.date | str, holdout_days: int
         frequency_holdout=paid.order_ts.date().nunique().cast("int64"),
         monetary_holdout=paid.amount.sum().cast("float64"),
     )
+
+
+LIFECYCLE_STAGES: tuple[str, ...] = ("prospect", "new", "active", "dormant", "churned")
+"""Lifecycle stages, from no purchase yet to long silent."""
+
+
+def lifecycle_stages(
+    orders: ir.Table,
+    customers: ir.Table,
+    snapshots: list[dt.date],
+    new_days: int = 90,
+    active_days: int = 90,
+    churn_days: int = 365,
+) -> ir.Table:
+    """Return each customer's lifecycle stage at each snapshot date (data strictly before it).
+
+    Stages, first match wins: *prospect* (signed up, no purchase yet), *new* (first
+    purchase within ``new_days``), *active* (last purchase within ``active_days``),
+    *dormant* (last purchase within ``churn_days``), *churned* (silent longer).
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders.
+    customers : ibis Table
+        Clean customers (customer_id, signup_date).
+    snapshots : list of date
+        Dates the stages are taken at.
+    new_days, active_days, churn_days : int, default 90, 90, 365
+        Thresholds in days.
+
+    Returns
+    -------
+    ibis Table
+        snapshot (timestamp), customer_id, stage; customers who signed up on or after
+        a snapshot are not in it.
+
+    Raises
+    ------
+    ValueError
+        If the thresholds are not ordered (active_days <= churn_days) or no snapshot is given.
+    """
+    if not snapshots:
+        raise ValueError("give at least one snapshot date")
+    if not 0 < active_days <= churn_days:
+        raise ValueError(f"need 0 < active_days <= churn_days, got {active_days}, {churn_days}")
+    paid = paid_orders(orders)
+    paid = paid.select("customer_id", ts=paid.order_ts)
+    first = paid.group_by("customer_id").aggregate(first_ts=paid.ts.min())
+    snaps = ibis.memtable(
+        {"snapshot": [dt.datetime.combine(pd_date(s), dt.time()) for s in snapshots]},
+        schema={"snapshot": "timestamp"},
+    )
+    cust = customers.select("customer_id", signup_ts=customers.signup_date.cast("timestamp"))
+    grid = cust.cross_join(snaps)
+    grid = grid.filter(grid.signup_ts < grid.snapshot).mutate(
+        _asof=grid.snapshot - ibis.interval(microseconds=1)
+    )
+    last = grid.asof_join(paid, on=grid._asof >= paid.ts, predicates="customer_id").drop(
+        "customer_id_right"
+    )
+    last = last.left_join(first, "customer_id").drop("customer_id_right")
+    days_since_last = last.snapshot.delta(last.ts, unit="day")
+    days_since_first = last.snapshot.delta(last.first_ts, unit="day")
+    stage = ibis.cases(
+        (last.ts.isnull(), "prospect"),
+        (days_since_first <= new_days, "new"),
+        (days_since_last <= active_days, "active"),
+        (days_since_last <= churn_days, "dormant"),
+        else_="churned",
+    )
+    return last.select("snapshot", "customer_id", stage=stage)
+
+
+def pd_date(value: dt.date | str) -> dt.date:
+    """Return a date from a date or an ISO string.
+
+    Parameters
+    ----------
+    value : date or str
+        The date.
+
+    Returns
+    -------
+    datetime.date
+        The date.
+    """
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])

@@ -353,3 +353,62 @@ def plot_quality_trend(history: pd.DataFrame, ax: Axes | None = None) -> Axes:
     ax.set(title="Data quality across runs (worst column)", ylabel="share", ylim=(None, 1.01))
     ax.legend(loc="lower left")
     return ax
+
+
+def plot_lifecycle(counts: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Plot customers per lifecycle stage at each snapshot, stacked.
+
+    Parameters
+    ----------
+    counts : pandas.DataFrame
+        Columns ``snapshot``, ``stage``, ``customers``.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    from crm_analytics.features import LIFECYCLE_STAGES
+
+    ax = _ax(ax)
+    wide = counts.pivot_table(index="snapshot", columns="stage", values="customers", fill_value=0)
+    wide = wide.reindex(columns=[s for s in LIFECYCLE_STAGES if s in wide.columns])
+    ax.stackplot(
+        wide.index, *[wide[c] for c in wide.columns], labels=list(wide.columns), alpha=0.85
+    )
+    ax.set(title="Customers by lifecycle stage", ylabel="customers")
+    ax.legend(loc="upper left", fontsize="small")
+    _date_axis(ax)
+    return ax
+
+
+def plot_calibration_holdout(
+    frame: pd.DataFrame, max_frequency: int = 7, ax: Axes | None = None
+) -> Axes:
+    """Plot mean holdout purchases, actual and predicted, by calibration-period frequency.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Columns ``frequency``, ``frequency_holdout`` and ``predicted_holdout``.
+    max_frequency : int, default 7
+        Frequencies above this are pooled.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    f = frame.assign(bucket=frame.frequency.clip(upper=max_frequency))
+    means = f.groupby("bucket")[["frequency_holdout", "predicted_holdout"]].mean()
+    ax.plot(means.index, means.frequency_holdout, marker="o", label="actual")
+    ax.plot(means.index, means.predicted_holdout, marker="s", ls="--", label="model")
+    ax.set(title="Calibration vs holdout purchases", xlabel=f"repeat purchases in calibration ({max_frequency}+ pooled)",
+           ylabel="mean purchases in holdout")  # fmt: skip
+    ax.legend()
+    return ax

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
+from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
 RF_SEGMENT_RULES: list[tuple[tuple[int, int], tuple[int, int], str]] = [
@@ -354,3 +355,82 @@ def cluster_profiles(frame: pd.DataFrame, labels: np.ndarray, features: list[str
             }
         )
     return pd.DataFrame(rows)
+
+
+def gaussian_mixture_labels(
+    clusters: BehaviourClusters, frame: pd.DataFrame, seed: int = 42
+) -> np.ndarray:
+    """Cluster with a Gaussian mixture of the same k and features, as an alternative to k-means.
+
+    Parameters
+    ----------
+    clusters : BehaviourClusters
+        A fitted k-means model (its k, features and scaler are reused).
+    frame : pandas.DataFrame
+        Per-customer features.
+    seed : int, default 42
+        Random seed.
+
+    Returns
+    -------
+    numpy.ndarray
+        Mixture component of each row.
+    """
+    z = clusters.scaler_.transform(clusters._matrix(frame))
+    gm = GaussianMixture(n_components=clusters.k_, covariance_type="full", random_state=seed)
+    return gm.fit(z).predict(z)
+
+
+def cluster_stability(
+    clusters: BehaviourClusters, frame: pd.DataFrame, seeds: tuple[int, ...] = (1, 2, 3)
+) -> float:
+    """Return the mean adjusted Rand index between k-means runs with different seeds.
+
+    Parameters
+    ----------
+    clusters : BehaviourClusters
+        A fitted model (its k, features and scaler are reused).
+    frame : pandas.DataFrame
+        Per-customer features.
+    seeds : tuple of int, default (1, 2, 3)
+        Seeds of the re-runs, compared with the fitted labels.
+
+    Returns
+    -------
+    float
+        Mean ARI (1 = identical partitions).
+    """
+    z = clusters.scaler_.transform(clusters._matrix(frame))
+    base = clusters.model_.predict(z)
+    scores = [
+        adjusted_rand_score(
+            base, KMeans(n_clusters=clusters.k_, n_init=4, random_state=s).fit_predict(z)
+        )
+        for s in seeds
+    ]
+    return float(np.mean(scores))
+
+
+def persona_agreement(
+    labels: pd.DataFrame, truth: pd.DataFrame, label_col: str = "cluster"
+) -> float:
+    """Return the adjusted Rand index between clusters and the planted personas of generated data.
+
+    Parameters
+    ----------
+    labels : pandas.DataFrame
+        customer_id and ``label_col``.
+    truth : pandas.DataFrame
+        customer_id and persona (the generator's ``truth/customers.parquet``).
+    label_col : str, default "cluster"
+        Column of cluster labels.
+
+    Returns
+    -------
+    float
+        ARI over the customers present in both (0 = chance, 1 = identical).
+    """
+    joined = labels[["customer_id", label_col]].merge(
+        truth[["customer_id", "persona"]], on="customer_id"
+    )
+    return float(adjusted_rand_score(joined.persona, joined[label_col]))
