@@ -95,7 +95,9 @@ def test_manifest_and_metrics(run):
     }
     assert 0.5 < metrics["churn"]["holdout_roc_auc"] <= 1
     seg = metrics["segment"]
-    assert seg["clusters"] >= 2 and -1 <= seg["persona_ari"] <= 1 and seg["cluster_stability_ari"] > 0
+    assert (
+        seg["clusters"] >= 2 and -1 <= seg["persona_ari"] <= 1 and seg["cluster_stability_ari"] > 0
+    )
     assert set(seg["clv_params"]["bgnbd"]) == {"r", "alpha", "a", "b"} and seg["clv_total"] > 0
     assert set(seg["lifecycle"]) <= {"prospect", "new", "active", "dormant", "churned"}
     assert metrics["forecast"]["arima_mase"] > 0 and metrics["forecast"]["periods"] > 52

@@ -31,7 +31,10 @@ def test_quantile_score_errors():
 def test_default_segment_map_is_a_partition():
     cells = segment.rf_segment_map()
     assert len(cells) == 25
-    assert cells[(5, 5)] == "Champions" and cells[(1, 1)] == "Hibernating"
+    assert (
+        cells[(5, 5)] == "Champions" and cells[(1, 1)] == "Lost" and cells[(2, 1)] == "Hibernating"
+    )
+    assert len(set(cells.values())) == 11
     assert cells[(1, 5)] == "Can't Lose Them" and cells[(2, 3)] == "At Risk"
 
 
@@ -39,7 +42,7 @@ def test_segment_map_reports_overlaps_and_gaps():
     overlapping = [*segment.RF_SEGMENT_RULES, ((1, 2), (4, 5), "At Risk wide")]
     with pytest.raises(ValueError, match=r"overlap in R1F4 \(At Risk / At Risk wide\)"):
         segment.rf_segment_map(overlapping)
-    with pytest.raises(ValueError, match="R5F4, R5F5"):
+    with pytest.raises(ValueError, match=r"without a segment: R1F1$"):
         segment.rf_segment_map(segment.RF_SEGMENT_RULES[:-1])
 
 
@@ -58,7 +61,7 @@ def test_rfm_table_known_answer_and_no_mutation():
     got = got.set_index("customer_id")
     assert "z" not in got.index  # never bought: not scored
     assert got.loc["e", "rfm_cell"] == "555" and got.loc["e", "segment"] == "Champions"
-    assert got.loc["a", "rfm_cell"] == "111" and got.loc["a", "segment"] == "Hibernating"
+    assert got.loc["a", "rfm_cell"] == "111" and got.loc["a", "segment"] == "Lost"
     with pytest.raises(ValueError, match="'frequency'"):
         segment.rfm_table(feats.drop(columns="frequency"))
 
@@ -181,3 +184,33 @@ def test_stability_gmm_and_persona_agreement():
         {"customer_id": frame.customer_id, "persona": np.repeat(["vip", "one_off", "regular"], n)}
     )
     assert segment.persona_agreement(frame.assign(cluster=model.predict(frame)), truth) > 0.95
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_shipped_yaml_map_is_the_default_map():
+    loaded = segment.load_segment_map(ROOT / "params" / "rfm_segments.yaml")
+    assert loaded.cells() == segment.rf_segment_map()
+    assert set(loaded.actions) == set(segment.rf_segment_map().values())
+    assert all(loaded.actions.values()) and all(loaded.descriptions.values())
+
+
+def test_yaml_map_where_at_risk_swallows_cant_lose_them_is_rejected(tmp_path):
+    text = (ROOT / "params" / "rfm_segments.yaml").read_text()
+    # as in a common implementation: At Risk reaches F5 and shadows Can't Lose Them
+    bad = text.replace('cells: [{r: "1-2", f: "3-4"}]', 'cells: [{r: "1-2", f: "3-5"}]')
+    assert bad != text
+    f = tmp_path / "map.yaml"
+    f.write_text(bad)
+    with pytest.raises(
+        ValueError,
+        match=r"map\.yaml: segment rules overlap in R1F5 \(At Risk / Can't Lose Them\), R2F5",
+    ):
+        segment.load_segment_map(f)
+    f.write_text("segments: []\n")
+    with pytest.raises(ValueError, match="non-empty `segments` list"):
+        segment.load_segment_map(f)
+    f.write_text("segments:\n  - name: X\n    cells: [{r: 'a-b', f: '1'}]\n")
+    with pytest.raises(ValueError, match="cannot read score range 'a-b'"):
+        segment.load_segment_map(f)

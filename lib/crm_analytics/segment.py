@@ -7,26 +7,111 @@ per-customer frame.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import yaml
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
 RF_SEGMENT_RULES: list[tuple[tuple[int, int], tuple[int, int], str]] = [
-    ((1, 2), (1, 2), "Hibernating"),
+    ((5, 5), (4, 5), "Champions"),
+    ((3, 4), (4, 5), "Loyal Customers"),
+    ((4, 5), (2, 3), "Potential Loyalist"),
+    ((5, 5), (1, 1), "New Customers"),
+    ((4, 4), (1, 1), "Promising"),
+    ((3, 3), (3, 3), "Need Attention"),
+    ((3, 3), (1, 2), "About To Sleep"),
     ((1, 2), (3, 4), "At Risk"),
     ((1, 2), (5, 5), "Can't Lose Them"),
-    ((3, 3), (1, 2), "About To Sleep"),
-    ((3, 3), (3, 3), "Need Attention"),
-    ((3, 4), (4, 5), "Loyal Customers"),
-    ((4, 4), (1, 1), "Promising"),
-    ((5, 5), (1, 1), "New Customers"),
-    ((4, 5), (2, 3), "Potential Loyalist"),
-    ((5, 5), (4, 5), "Champions"),
+    ((2, 2), (1, 2), "Hibernating"),
+    ((1, 1), (2, 2), "Hibernating"),
+    ((1, 1), (1, 1), "Lost"),
 ]
-"""The classic R x F segment grid: (R range, F range, name), inclusive, for 5 bins."""
+"""The 11 classic R x F segments: (R range, F range, name), inclusive, for 5 bins. The same
+map ships as ``params/rfm_segments.yaml``; a user's map replaces it (:func:`load_segment_map`)."""
+
+
+@dataclass(frozen=True)
+class SegmentMap:
+    """A checked RFM segment map with its playbook.
+
+    Attributes
+    ----------
+    rules : list
+        (R range, F range, name) rectangles.
+    descriptions : dict
+        Segment -> description in plain words.
+    actions : dict
+        Segment -> recommended action.
+    """
+
+    rules: list[tuple[tuple[int, int], tuple[int, int], str]]
+    descriptions: dict[str, str]
+    actions: dict[str, str]
+
+    def cells(self, bins: int = 5) -> dict[tuple[int, int], str]:
+        """Return (R, F) -> segment for every cell; see :func:`rf_segment_map`."""
+        return rf_segment_map(self.rules, bins)
+
+
+def _score_range(text: str | int, where: str) -> tuple[int, int]:
+    """Parse "3" or "1-2" into an inclusive range."""
+    parts = str(text).split("-")
+    try:
+        lo, hi = int(parts[0]), int(parts[-1])
+    except ValueError as exc:
+        raise ValueError(f"{where}: cannot read score range {text!r} (use '3' or '1-2')") from exc
+    if len(parts) > 2 or lo > hi:
+        raise ValueError(f"{where}: bad score range {text!r}")
+    return lo, hi
+
+
+def load_segment_map(path: str | Path, bins: int = 5) -> SegmentMap:
+    """Load an RFM segment map from YAML and check that it partitions the score grid.
+
+    Parameters
+    ----------
+    path : str or Path
+        YAML with a ``segments`` list of {name, cells: [{r, f}], description, action}.
+    bins : int, default 5
+        Score levels the map must cover.
+
+    Returns
+    -------
+    SegmentMap
+        The checked map.
+
+    Raises
+    ------
+    ValueError
+        If the file is malformed, or the map has overlaps or gaps (naming the cells).
+    """
+    file = Path(path)
+    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    entries = data.get("segments")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{file}: expected a non-empty `segments` list")
+    rules, descriptions, actions = [], {}, {}
+    for i, entry in enumerate(entries):
+        name = entry.get("name")
+        if not name or not entry.get("cells"):
+            raise ValueError(f"{file}: segment {i + 1} needs a `name` and `cells`")
+        for cell in entry["cells"]:
+            where = f"{file}: segment {name!r}"
+            rules.append((_score_range(cell["r"], where), _score_range(cell["f"], where), name))
+        descriptions[name] = entry.get("description", "")
+        actions[name] = entry.get("action", "")
+    try:
+        rf_segment_map(rules, bins)
+    except ValueError as exc:
+        raise ValueError(f"{file}: {exc}") from exc
+    return SegmentMap(rules, descriptions, actions)
+
 
 CLUSTER_FEATURES: tuple[str, ...] = (
     "recency_days",
@@ -127,6 +212,7 @@ def rfm_table(
     recency_col: str = "recency_days",
     frequency_col: str = "frequency",
     monetary_col: str = "monetary_total",
+    segment_map: SegmentMap | None = None,
 ) -> pd.DataFrame:
     """Return RFM scores and segment names for customers who bought at least once.
 
@@ -138,6 +224,8 @@ def rfm_table(
         Number of score levels (the segment grid needs 5).
     customer_col, recency_col, frequency_col, monetary_col : str
         Column names.
+    segment_map : SegmentMap, optional
+        Segment map (5 bins); :data:`RF_SEGMENT_RULES` by default.
 
     Returns
     -------
@@ -162,7 +250,7 @@ def rfm_table(
         buyers.r_score.astype(str) + buyers.f_score.astype(str) + buyers.m_score.astype(str)
     )
     if bins == 5:
-        cells = rf_segment_map()
+        cells = segment_map.cells() if segment_map else rf_segment_map()
         buyers["segment"] = [
             cells[(r, f)] for r, f in zip(buyers.r_score, buyers.f_score, strict=True)
         ]
