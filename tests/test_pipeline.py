@@ -16,6 +16,7 @@ pytestmark = pytest.mark.pipeline
 
 
 def _params(dataset, tmp):
+    """The default parameters pointed at the tiny dataset, with every output under ``tmp``."""
     p = config.load_params(config.project_root() / "params" / "default.yaml")
     p.pop("generate")
     p["store"] = str(tmp / "store.duckdb")
@@ -34,6 +35,7 @@ def _params(dataset, tmp):
     p["clean"]["truth_dir"] = str(dataset / "truth")
     p["segment"]["silhouette_sample"] = 300
     p["segment"]["truth_dir"] = str(dataset / "truth")
+    p["segment"]["export_dir"] = str(tmp / "exports")
     p["forecast"]["horizon"] = 8
     return p
 
@@ -183,3 +185,15 @@ def test_failing_stage_names_notebook_and_cell_and_keeps_latest(run):
     assert (tmp / "reports" / "latest").resolve() == good_run.resolve()
     with pytest.raises(FileExistsError):
         run_pipeline(params_file, run_id="r1", reports_dir=tmp / "reports", progress=False)
+
+
+def test_campaign_export_respects_consent_and_stays_out_of_reports(run, tiny_dataset):
+    tmp, _, run_dir = run
+    export = tmp / "exports" / run_dir.name / "campaign_contacts.csv"
+    contacts = pd.read_csv(export, dtype=str)
+    with sqlite3.connect(tiny_dataset / "crm.sqlite") as db:
+        consent = pd.read_sql("select customer_id, consent_marketing from customers", db)
+    refused = set(consent.customer_id[consent.consent_marketing != "true"])
+    assert len(contacts) > 0 and not refused & set(contacts.customer_id)
+    assert list(contacts.columns) == ["customer_id", "name", "email", "phone", "segment"]
+    assert not list(run_dir.rglob("*.csv"))  # contact lists never land in the report folder

@@ -214,3 +214,74 @@ def test_yaml_map_where_at_risk_swallows_cant_lose_them_is_rejected(tmp_path):
     f.write_text("segments:\n  - name: X\n    cells: [{r: 'a-b', f: '1'}]\n")
     with pytest.raises(ValueError, match="cannot read score range 'a-b'"):
         segment.load_segment_map(f)
+
+
+def test_cohort_matrices_known_answer():
+    activity = pd.DataFrame(
+        {
+            "cohort": pd.to_datetime(["2025-01-01"] * 3 + ["2025-02-01"] * 2),
+            "period": [0, 1, 2, 0, 1],
+            "customers": [10, 4, 2, 5, 5],
+            "revenue": [100.0, 40.0, 30.0, 50.0, 10.0],
+        }
+    )
+    retention, revenue = segment.cohort_matrices(activity)
+    assert retention.loc["2025-01-01"].tolist() == [1.0, 0.4, 0.2]
+    assert retention.loc["2025-02-01", 1] == 1.0 and pd.isna(retention.loc["2025-02-01", 2])
+    assert revenue.loc["2025-01-01"].tolist() == [10.0, 4.0, 3.0]
+
+
+def test_cohort_activity_in_the_store():
+    import ibis
+
+    from crm_analytics import features
+
+    orders = pd.DataFrame(
+        {
+            "order_id": list("abcde"),
+            "customer_id": ["x", "x", "y", "y", "x"],
+            "order_ts": pd.to_datetime(
+                ["2025-01-05", "2025-03-02", "2025-02-10", "2025-02-20", "2025-12-01"]
+            ),
+            "amount": [10.0, 20.0, 5.0, 5.0, 1.0],
+            "status": ["paid"] * 5,
+        }
+    )
+    got = features.cohort_activity(ibis.memtable(orders), "2025-06-01").to_pandas()
+    assert got.values.tolist() == [
+        [pd.Timestamp("2025-01-01"), 0, 1, 10.0],
+        [pd.Timestamp("2025-01-01"), 2, 1, 20.0],
+        [pd.Timestamp("2025-02-01"), 0, 1, 10.0],
+    ]
+
+
+def test_actions_table_and_campaign_lists():
+    seg_map = segment.load_segment_map(ROOT / "params" / "rfm_segments.yaml")
+    segs = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d"],
+            "segment": ["At Risk", "At Risk", "Champions", "Lost"],
+            "clv": [100.0, 50.0, 900.0, np.nan],
+            "monetary_total": [10.0, 20.0, 30.0, 1.0],
+        }
+    )
+    actions = segment.segment_actions(segs, seg_map)
+    assert actions.segment.tolist() == ["Champions", "At Risk", "Lost"]
+    assert actions.set_index("segment").loc[
+        "At Risk", ["customers", "value_at_stake"]
+    ].tolist() == [2, 150.0]
+    assert actions.set_index("segment").loc["At Risk", "action"] == seg_map.actions["At Risk"]
+    customers = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d"],
+            "name": ['=HYPERLINK("http://x","y")', "李娜", "王伟", "x"],
+            "email": ["a@q.com", "b@q.com", "c@q.com", "d@q.com"],
+            "phone": ["+8613800000000", None, None, None],
+            "birth_date": [None] * 4,
+            "consent_marketing": [True, False, True, None],
+        }
+    )
+    got = segment.campaign_lists(customers, segs, ["At Risk", "Lost"])
+    assert got.columns.tolist() == ["customer_id", "name", "email", "phone", "segment"]
+    assert got.customer_id.tolist() == ["a"]  # b declined, d never answered
+    assert got.name[0].startswith("'=HYPERLINK") and got.phone[0] == "+8613800000000"

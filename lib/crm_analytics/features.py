@@ -430,3 +430,33 @@ def pd_date(value: dt.date | str) -> dt.date:
         The date.
     """
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
+
+
+def cohort_activity(orders: ir.Table, cutoff: dt.date | str | None = None) -> ir.Table:
+    """Return activity of monthly acquisition cohorts: who bought, and for how much, each month after.
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders (paid, non-outlier orders count).
+    cutoff : date or ISO string, optional
+        Only orders strictly before it.
+
+    Returns
+    -------
+    ibis Table
+        cohort (month of the first purchase), period (months since it, 0 = first
+        month), customers (distinct buyers), revenue.
+    """
+    paid = paid_orders(orders)
+    if cutoff is not None:
+        paid = paid.filter(paid.order_ts < _ts(cutoff))
+    m = paid.mutate(month=paid.order_ts.truncate("M").cast("timestamp"))
+    first = m.group_by("customer_id").aggregate(cohort=m.month.min())
+    j = m.join(first, "customer_id")
+    period = (j.month.year() - j.cohort.year()) * 12 + (j.month.month() - j.cohort.month())
+    j = j.mutate(period=period.cast("int64"))
+    out = j.group_by(["cohort", "period"]).aggregate(
+        customers=j.customer_id.nunique().cast("int64"), revenue=j.amount.sum().cast("float64")
+    )
+    return out.order_by(["cohort", "period"])

@@ -412,3 +412,33 @@ def plot_calibration_holdout(
            ylabel="mean purchases in holdout")  # fmt: skip
     ax.legend()
     return ax
+
+
+def plot_cohort_heatmap(
+    matrix: pd.DataFrame, title: str, fmt: str = ".0%", ax: Axes | None = None
+) -> Axes:
+    """Heatmap of a cohort matrix (rows: acquisition month, columns: months since).
+
+    Parameters
+    ----------
+    matrix : pandas.DataFrame
+        Cohort x period values.
+    title : str
+        Figure title.
+    fmt : str, default ".0%"
+        Number format of the annotations.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    m = matrix.copy()
+    m.index = [pd.Timestamp(i).strftime("%Y-%m") for i in m.index]
+    sns.heatmap(m, annot=len(m.columns) <= 14, fmt=fmt, cmap="Blues", cbar=False, ax=ax,
+                annot_kws={"fontsize": 7})  # fmt: skip
+    ax.set(title=title, xlabel="months since first purchase", ylabel="cohort")
+    return ax

@@ -7,6 +7,7 @@ per-customer frame.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -522,3 +523,140 @@ def persona_agreement(
         truth[["customer_id", "persona"]], on="customer_id"
     )
     return float(adjusted_rand_score(joined.persona, joined[label_col]))
+
+
+def cohort_matrices(activity: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Turn cohort activity into retention and revenue-per-customer matrices.
+
+    Parameters
+    ----------
+    activity : pandas.DataFrame
+        cohort, period, customers, revenue (:func:`crm_analytics.features.cohort_activity`).
+
+    Returns
+    -------
+    retention : pandas.DataFrame
+        Share of each cohort buying in each period (rows: cohort month, columns: period).
+    revenue : pandas.DataFrame
+        Revenue per cohort member in each period.
+    """
+    _require(activity, ["cohort", "period", "customers", "revenue"])
+    size = activity[activity.period == 0].set_index("cohort").customers
+    buyers = activity.pivot_table(
+        index="cohort", columns="period", values="customers", aggfunc="sum"
+    )
+    revenue = activity.pivot_table(
+        index="cohort", columns="period", values="revenue", aggfunc="sum"
+    )
+    return buyers.div(size, axis=0), revenue.div(size, axis=0)
+
+
+def segment_actions(
+    segments: pd.DataFrame,
+    segment_map: SegmentMap,
+    value_col: str = "clv",
+    revenue_col: str = "monetary_total",
+) -> pd.DataFrame:
+    """Return the action table: per segment, what it is, what to do, its size and value at stake.
+
+    Parameters
+    ----------
+    segments : pandas.DataFrame
+        One row per customer with ``segment``, ``value_col`` and ``revenue_col``.
+    segment_map : SegmentMap
+        Descriptions and recommended actions.
+    value_col : str, default "clv"
+        Expected future value per customer (the value at stake).
+    revenue_col : str, default "monetary_total"
+        Past revenue per customer.
+
+    Returns
+    -------
+    pandas.DataFrame
+        segment, description, action, customers, revenue, value_at_stake; by value at stake.
+    """
+    _require(segments, ["segment", value_col, revenue_col])
+    g = segments.groupby("segment")
+    out = pd.DataFrame(
+        {
+            "customers": g.size(),
+            "revenue": g[revenue_col].sum(),
+            "value_at_stake": g[value_col].sum(min_count=1),
+        }
+    ).reset_index()
+    out.insert(1, "description", out.segment.map(segment_map.descriptions).fillna(""))
+    out.insert(2, "action", out.segment.map(segment_map.actions).fillna(""))
+    return out.sort_values(["value_at_stake", "customers"], ascending=False, ignore_index=True)
+
+
+FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+"""Leading characters that make a spreadsheet treat a cell as a formula."""
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """Prefix text that a spreadsheet would run as a formula with an apostrophe.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Table about to be exported.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy where text cells starting with = + - @ tab or carriage return start with ``'``
+        (numbers and phone numbers such as ``+8613812345678`` are left alone).
+    """
+
+    def fix(v: object) -> object:
+        if not isinstance(v, str) or not v.startswith(FORMULA_PREFIXES):
+            return v
+        if v[0] in "+-" and re.fullmatch(r"[+-][0-9 ().-]*", v):
+            return v  # a signed number or an E.164 phone number, not a formula
+        return "'" + v
+
+    out = frame.copy()
+    for c in out.columns:
+        if out[c].dtype == object:
+            out[c] = out[c].map(fix)
+    return out
+
+
+CAMPAIGN_FIELDS: tuple[str, ...] = ("customer_id", "name", "email", "phone", "segment")
+"""The fields a campaign tool needs: who, how to reach them, and why."""
+
+
+def campaign_lists(
+    customers: pd.DataFrame,
+    segments: pd.DataFrame,
+    wanted: list[str] | None = None,
+    consent_col: str = "consent_marketing",
+) -> pd.DataFrame:
+    """Return the contact list of a campaign: consenting customers of the wanted segments.
+
+    Parameters
+    ----------
+    customers : pandas.DataFrame
+        Clean customers with contact details and ``consent_col``.
+    segments : pandas.DataFrame
+        customer_id and segment.
+    wanted : list of str, optional
+        Segments to include; all by default.
+    consent_col : str, default "consent_marketing"
+        Consent flag; only customers with an explicit True are listed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`CAMPAIGN_FIELDS` only, formula-like text neutralised.
+    """
+    _require(customers, ["customer_id", consent_col])
+    _require(segments, ["customer_id", "segment"])
+    consenting = customers[customers[consent_col].fillna(False).astype(bool)]
+    out = consenting.merge(segments[["customer_id", "segment"]], on="customer_id")
+    if wanted:
+        out = out[out.segment.isin(wanted)]
+    fields = [c for c in CAMPAIGN_FIELDS if c in out.columns]
+    return neutralise_formulas(
+        out[fields].sort_values(["segment", "customer_id"], ignore_index=True)
+    )
