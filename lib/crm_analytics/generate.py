@@ -114,6 +114,16 @@ CATEGORY_VARIANTS: dict[str, list[str]] = {
 
 CHANNELS: list[str] = ["online", "store", "app"]
 
+N_SKUS = 400
+"""Products per category."""
+SKU_RANKING = np.stack(
+    [
+        np.stack([np.random.default_rng(1000 + 10 * p + c).permutation(N_SKUS) for c in range(5)])
+        for p in range(4)
+    ]
+)
+"""Each persona's preference order of the products of each category (fixed, not seeded per run)."""
+
 CITIES: list[tuple[str, str, str]] = [
     ("上海", "上海市", "East"),
     ("北京", "北京市", "North"),
@@ -549,11 +559,12 @@ def _generate_chunk(
     spend_factor = (par["spend"] / 260.0)[line_cust]
     unit_price = np.round(base_price * spend_factor * rng.lognormal(0, 0.35, len(line_order)), 2)
     quantity = 1 + rng.poisson(0.3, len(line_order))
+    # product choice: each persona favours its own products (Zipf over a persona-specific
+    # ranking of the 400 products of a category), so co-purchases carry signal
+    rank = np.minimum(rng.zipf(1.4, len(line_order)), N_SKUS) - 1
+    sku_num = SKU_RANKING[persona_idx[line_cust], cat_idx, rank] + 1
     sku = np.array(
-        [
-            f"{CATEGORIES[c][:3].upper()}-{k:04d}"
-            for c, k in zip(cat_idx, rng.integers(1, 400, len(line_order)), strict=True)
-        ],
+        [f"{CATEGORIES[c][:3].upper()}-{k:04d}" for c, k in zip(cat_idx, sku_num, strict=True)],
         dtype=object,
     )
     line_value = unit_price * quantity
