@@ -105,7 +105,9 @@ def test_clusters_recover_planted_groups():
             ].clip(0),
         }
     )
-    model = segment.BehaviourClusters(k_min=2, k_max=5, sample_size=300, seed=1).fit(frame)
+    model = segment.BehaviourClusters(
+        k_min=2, k_max=5, sample_size=300, seed=1, features=("recency_days", "frequency")
+    ).fit(frame)
     assert model.k_ == 3
     assert adjusted_rand_score(groups, model.predict(frame)) > 0.95
     prof = segment.cluster_profiles(frame, model.predict(frame), model.features_)
@@ -176,7 +178,9 @@ def test_stability_gmm_and_persona_agreement():
             ].clip(0),
         }
     )
-    model = segment.BehaviourClusters(k_min=3, k_max=3, sample_size=300, seed=1).fit(frame)
+    model = segment.BehaviourClusters(
+        k_min=3, k_max=3, sample_size=300, seed=1, features=("recency_days", "frequency")
+    ).fit(frame)
     assert segment.cluster_stability(model, frame) > 0.95
     gm = segment.gaussian_mixture_labels(model, frame)
     assert adjusted_rand_score(model.predict(frame), gm) > 0.9
@@ -285,3 +289,86 @@ def test_actions_table_and_campaign_lists():
     assert got.columns.tolist() == ["customer_id", "name", "email", "phone", "segment"]
     assert got.customer_id.tolist() == ["a"]  # b declined, d never answered
     assert got.name[0].startswith("'=HYPERLINK") and got.phone[0] == "+8613800000000"
+
+
+def test_net_promoter_score_and_groups():
+    assert segment.net_promoter_score(pd.Series([10, 9, 8, 6, 0, None])) == pytest.approx(0.0)
+    assert segment.net_promoter_score(pd.Series([10, 10, 7])) == pytest.approx(200 / 3)
+    assert np.isnan(segment.net_promoter_score(pd.Series([], dtype=float)))
+    surveys = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d"],
+            "answered_at": pd.to_datetime(["2025-01-05", "2025-01-20", "2025-02-01", "2025-02-02"]),
+            "nps": [10, 2, 9, 9],
+            "csat": [5, 1, 4, 5],
+            "comment": ["物流很快，很满意", "发货太慢了，退款流程太麻烦", "质量不错", ""],
+        }
+    )
+    groups = pd.DataFrame({"customer_id": list("abcd"), "segment": ["X", "X", "Y", "Y"]})
+    got = segment.satisfaction_by(surveys, groups, "segment")
+    assert got.values.tolist() == [["X", 2, 0.0, 3.0], ["Y", 2, 100.0, 4.5]]
+    months = segment.satisfaction_over_time(surveys)
+    assert months.answers.tolist() == [2, 2] and months.nps.tolist() == [0.0, 100.0]
+    kw = segment.comment_keywords(surveys, groups, "segment", top=3).set_index("segment")
+    assert (
+        kw.loc["X", "comments"] == 2 and kw.loc["Y", "comments"] == 1
+    )  # empty comments are skipped
+    assert "发货" in kw.loc["X", "keywords"] or "退款" in kw.loc["X", "keywords"]
+
+
+def test_event_signals_and_category_mix():
+    import ibis
+
+    from crm_analytics import features
+
+    orders = ibis.memtable(
+        pd.DataFrame(
+            {
+                "order_id": ["o1", "o2"],
+                "customer_id": ["a", "b"],
+                "order_ts": pd.to_datetime(["2025-03-02 12:00", "2025-02-01 12:00"]),
+                "amount": [10.0, 5.0],
+                "status": ["paid", "paid"],
+            }
+        )
+    )
+    items = ibis.memtable(
+        pd.DataFrame({"order_id": ["o1", "o1", "o1", "o2"], "sku": list("wxyz"),
+                      "category": ["home", "home", "beauty", "home"]})
+    )  # fmt: skip
+    ts = pd.to_datetime(
+        ["2025-03-01 10:00", "2025-03-05 10:00", "2025-03-10 10:00", "2025-03-11 10:00", "2025-03-12 10:00",
+         "2025-03-01 09:00"]
+    )  # fmt: skip
+    events = ibis.memtable(
+        pd.DataFrame(
+            {
+                "customer_id": ["a"] * 5 + ["b"],
+                "ts": ts,
+                "event_type": ["add_to_cart", "add_to_cart", "view", "view", "view", "view"],
+                "category": [None, None, "fashion", "fashion", "fashion", "home"],
+            }
+        )
+    )
+    got = (
+        features.event_signals(events, orders, items, "2025-04-01", 90)
+        .to_pandas()
+        .set_index("customer_id")
+    )
+    # a: cart on 03-01 followed by the order of 03-02; cart on 03-05 abandoned; fashion viewed 3x, never bought
+    assert got.loc[
+        "a", ["views", "cart_adds", "abandoned_cart_days", "browsed_not_bought"]
+    ].tolist() == [3, 2, 1, 1]
+    assert got.loc["a", "top_browsed_category"] == "fashion"
+    assert got.loc["b", ["views", "abandoned_cart_days", "browsed_not_bought"]].tolist() == [
+        1,
+        0,
+        0,
+    ]
+    mix = (
+        features.category_mix(orders, items, "2025-04-01", ["home", "beauty"])
+        .to_pandas()
+        .set_index("customer_id")
+    )
+    assert mix.loc["a"].tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert mix.loc["b"].tolist() == [1.0, 0.0]

@@ -460,3 +460,115 @@ def cohort_activity(orders: ir.Table, cutoff: dt.date | str | None = None) -> ir
         customers=j.customer_id.nunique().cast("int64"), revenue=j.amount.sum().cast("float64")
     )
     return out.order_by(["cohort", "period"])
+
+
+def category_mix(
+    orders: ir.Table, order_items: ir.Table, cutoff: dt.date | str, categories: list[str]
+) -> ir.Table:
+    """Return each customer's share of order lines per category, before ``cutoff``.
+
+    Parameters
+    ----------
+    orders, order_items : ibis Table
+        Clean orders and order lines.
+    cutoff : date or ISO string
+        Lines of orders strictly before it.
+    categories : list of str
+        Categories to report (one column ``cat_<name>`` each).
+
+    Returns
+    -------
+    ibis Table
+        customer_id and one share column per category.
+    """
+    paid = paid_orders(orders)
+    paid = paid.filter(paid.order_ts < _ts(cutoff)).select("order_id", "customer_id")
+    lines = order_items.join(paid, "order_id")
+    n = lines.count()
+    aggs = {f"cat_{c}": (lines.category == c).ifelse(1.0, 0.0).sum() / n for c in categories}
+    return lines.group_by("customer_id").aggregate(**aggs)
+
+
+def event_signals(
+    events: ir.Table,
+    orders: ir.Table,
+    order_items: ir.Table,
+    cutoff: dt.date | str,
+    window_days: int = 90,
+) -> ir.Table:
+    """Return behavioural signals from web/app events in the window before ``cutoff``.
+
+    Parameters
+    ----------
+    events : ibis Table
+        Clean events (customer_id, ts, event_type, category).
+    orders, order_items : ibis Table
+        Clean orders and lines (to tell browsing from buying).
+    cutoff : date or ISO string
+        End of the window (exclusive).
+    window_days : int, default 90
+        Window length.
+
+    Returns
+    -------
+    ibis Table
+        customer_id, views, cart_adds, abandoned_cart_days (days with an add-to-cart
+        and no paid order that day or the next), browsed_not_bought (categories
+        viewed three times or more but not bought in the window), top_browsed_category.
+    """
+    c = _ts(cutoff)
+    start = c - ibis.interval(days=window_days)
+    ev = events.filter((events.ts >= start) & (events.ts < c))
+    paid = paid_orders(orders)
+    paid = paid.filter((paid.order_ts >= start) & (paid.order_ts < c + ibis.interval(days=1)))
+    base = ev.group_by("customer_id").aggregate(
+        views=(ev.event_type == "view").sum().cast("int64"),
+        cart_adds=(ev.event_type == "add_to_cart").sum().cast("int64"),
+    )
+    cart_days = (
+        ev.filter(ev.event_type == "add_to_cart").select("customer_id", day=ev.ts.date()).distinct()
+    )
+    order_days = paid.select("customer_id", oday=paid.order_ts.date()).distinct()
+    cj = cart_days.left_join(
+        order_days,
+        (cart_days.customer_id == order_days.customer_id)
+        & (order_days.oday >= cart_days.day)
+        & (order_days.oday <= cart_days.day + ibis.interval(days=1)),
+    )
+    abandoned = (
+        cj.group_by([cj.customer_id, cj.day])
+        .aggregate(bought=cj.oday.count())
+        .filter(lambda t: t.bought == 0)
+        .group_by("customer_id")
+        .aggregate(abandoned_cart_days=ibis._.count())
+    )
+    views = ev.filter((ev.event_type == "view") & ev.category.notnull())
+    per_cat = views.group_by(["customer_id", "category"]).aggregate(n=views.count())
+    top = per_cat.mutate(
+        _r=ibis.row_number().over(
+            group_by=per_cat.customer_id, order_by=[ibis.desc(per_cat.n), per_cat.category]
+        )
+    )
+    top = top.filter(top._r == 0).select("customer_id", top_browsed_category=top.category)
+    bought = (
+        order_items.join(
+            paid.filter(paid.order_ts < c).select("order_id", "customer_id"), "order_id"
+        )
+        .select("customer_id", "category")
+        .distinct()
+        .mutate(_b=ibis.literal(1))
+    )
+    often = per_cat.filter(per_cat.n >= 3)
+    nb = often.left_join(bought, ["customer_id", "category"])
+    nb = (
+        nb.filter(nb._b.isnull())
+        .group_by("customer_id")
+        .aggregate(browsed_not_bought=ibis._.count())
+    )
+    out = base.left_join(abandoned, "customer_id").drop("customer_id_right")
+    out = out.left_join(nb, "customer_id").drop("customer_id_right")
+    out = out.left_join(top, "customer_id").drop("customer_id_right")
+    return out.mutate(
+        abandoned_cart_days=out.abandoned_cart_days.fill_null(0).cast("int64"),
+        browsed_not_bought=out.browsed_not_bought.fill_null(0).cast("int64"),
+    )

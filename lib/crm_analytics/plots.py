@@ -442,3 +442,30 @@ def plot_cohort_heatmap(
                 annot_kws={"fontsize": 7})  # fmt: skip
     ax.set(title=title, xlabel="months since first purchase", ylabel="cohort")
     return ax
+
+
+def plot_satisfaction_trend(months: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Plot NPS (left axis) and mean CSAT (right axis) per month.
+
+    Parameters
+    ----------
+    months : pandas.DataFrame
+        Columns ``month``, ``nps``, ``csat``.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The NPS axes.
+    """
+    ax = _ax(ax)
+    ax.plot(months.month, months.nps, marker="o", label="NPS")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(title="Satisfaction over time", ylabel="NPS")
+    ax2 = ax.twinx()
+    ax2.plot(months.month, months.csat, marker="s", color="C1", label="CSAT")
+    ax2.set_ylabel("mean CSAT (1-5)")
+    ax2.grid(False)
+    _date_axis(ax)
+    return ax

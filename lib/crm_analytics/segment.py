@@ -115,16 +115,16 @@ def load_segment_map(path: str | Path, bins: int = 5) -> SegmentMap:
 
 
 CLUSTER_FEATURES: tuple[str, ...] = (
-    "recency_days",
     "frequency",
     "monetary_mean",
-    "tenure_days",
     "share_app",
     "share_online",
     "share_store",
     "n_refunds",
 )
-"""Default behavioural features for clustering (those present are used)."""
+"""Default behavioural features for clustering (those present are used, plus every ``cat_*``
+category-share column). Recency and tenure are left out on purpose: they describe where a
+customer is in the lifecycle (see the lifecycle stages and RFM), not how they behave."""
 
 
 def _require(frame: pd.DataFrame, columns: list[str]) -> None:
@@ -368,7 +368,10 @@ class BehaviourClusters:
         ValueError
             If no feature column is present or there are fewer rows than ``k_max``.
         """
-        wanted = self.features or CLUSTER_FEATURES
+        wanted = self.features or (
+            *CLUSTER_FEATURES,
+            *sorted(c for c in frame.columns if c.startswith("cat_")),
+        )
         self.features_ = [c for c in wanted if c in frame.columns]
         if not self.features_:
             raise ValueError(f"none of the clustering features {list(wanted)} is in the frame")
@@ -660,3 +663,128 @@ def campaign_lists(
     return neutralise_formulas(
         out[fields].sort_values(["segment", "customer_id"], ignore_index=True)
     )
+
+
+def net_promoter_score(scores: pd.Series) -> float:
+    """Return the Net Promoter Score: % promoters (9-10) minus % detractors (0-6).
+
+    Parameters
+    ----------
+    scores : pandas.Series
+        Answers 0-10 (missing answers ignored).
+
+    Returns
+    -------
+    float
+        NPS between -100 and 100 (NaN without answers).
+    """
+    s = scores.dropna()
+    if s.empty:
+        return float("nan")
+    return float(100 * ((s >= 9).mean() - (s <= 6).mean()))
+
+
+def satisfaction_by(surveys: pd.DataFrame, groups: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Return NPS and mean CSAT per group of customers.
+
+    Parameters
+    ----------
+    surveys : pandas.DataFrame
+        customer_id, nps, csat.
+    groups : pandas.DataFrame
+        customer_id and the grouping column ``by`` (segment, lifecycle stage, tier ...).
+    by : str
+        Grouping column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``by``, answers, nps, csat; a new frame.
+    """
+    _require(surveys, ["customer_id", "nps", "csat"])
+    _require(groups, ["customer_id", by])
+    j = surveys.merge(groups[["customer_id", by]], on="customer_id")
+    rows = [
+        {
+            by: key,
+            "answers": len(part),
+            "nps": net_promoter_score(part.nps),
+            "csat": float(part.csat.mean()),
+        }
+        for key, part in j.groupby(by)
+    ]
+    return pd.DataFrame(rows, columns=[by, "answers", "nps", "csat"])
+
+
+def satisfaction_over_time(surveys: pd.DataFrame, time_col: str = "answered_at") -> pd.DataFrame:
+    """Return NPS and mean CSAT per month.
+
+    Parameters
+    ----------
+    surveys : pandas.DataFrame
+        ``time_col``, nps, csat.
+    time_col : str, default "answered_at"
+        Answer time.
+
+    Returns
+    -------
+    pandas.DataFrame
+        month, answers, nps, csat.
+    """
+    _require(surveys, [time_col, "nps", "csat"])
+    month = pd.to_datetime(surveys[time_col]).dt.to_period("M").dt.to_timestamp()
+    rows = [
+        {
+            "month": m,
+            "answers": len(part),
+            "nps": net_promoter_score(part.nps),
+            "csat": float(part.csat.mean()),
+        }
+        for m, part in surveys.groupby(month)
+    ]
+    return pd.DataFrame(rows, columns=["month", "answers", "nps", "csat"])
+
+
+def comment_keywords(
+    surveys: pd.DataFrame, groups: pd.DataFrame, by: str, top: int = 5, min_comments: int = 1
+) -> pd.DataFrame:
+    """Return the most characteristic words of the survey comments of each group.
+
+    Chinese comments are tokenised with jieba and words ranked by TF-IDF
+    (``jieba.analyse.extract_tags``); Latin-script words are kept whole.
+
+    Parameters
+    ----------
+    surveys : pandas.DataFrame
+        customer_id, comment.
+    groups : pandas.DataFrame
+        customer_id and ``by``.
+    by : str
+        Grouping column.
+    top : int, default 5
+        Words per group.
+    min_comments : int, default 1
+        A word must occur in at least this many comments of the group (set it to 3 or more
+        for reports, so that a word from a single comment, such as a name, never shows).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``by``, comments, keywords (comma-separated).
+    """
+    import logging
+
+    import jieba
+    import jieba.analyse
+
+    jieba.setLogLevel(logging.WARNING)
+    _require(surveys, ["customer_id", "comment"])
+    j = surveys[surveys.comment.notna() & (surveys.comment.astype(str).str.strip() != "")]
+    j = j.merge(groups[["customer_id", by]], on="customer_id")
+    rows = []
+    for key, part in j.groupby(by):
+        texts = part.comment.astype(str).tolist()
+        words = jieba.analyse.extract_tags(" ".join(texts), topK=top * 4)
+        words = [w for w in words if sum(w in t for t in texts) >= min_comments][:top]
+        rows.append({by: key, "comments": len(part), "keywords": ", ".join(words)})
+    return pd.DataFrame(rows, columns=[by, "comments", "keywords"])
