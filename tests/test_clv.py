@@ -116,3 +116,27 @@ def test_model_validates_inputs():
         clv.CLVModel("magic").fit(
             pd.DataFrame({"frequency": [1], "recency": [1.0], "T": [2.0], "monetary_value": [1.0]})
         )
+
+
+def test_model_matrix_and_repeat_curve():
+    from lifetimes.datasets import load_cdnow_summary
+
+    d = load_cdnow_summary(index_col=[0]).assign(monetary_value=0.0)
+    model = clv.CLVModel().fit(d)
+    alive = clv.model_matrix(model, "p_alive", 10, 39, 39)
+    assert alive.shape == (11, 14) and (alive.loc[0] == 1).all()  # never repeated: assumed alive
+    assert alive.loc[10].iloc[-1] > alive.loc[10].iloc[0]  # recent buyers are more likely alive
+    expected = clv.model_matrix(model, "expected", 10, 39, 39)
+    assert expected.loc[10].iloc[-1] > expected.loc[1].iloc[-1]
+    with pytest.raises(ValueError, match="kind"):
+        clv.model_matrix(model, "cltv")
+    curve = clv.expected_repeat_curve(model, np.array([0.0, 0.0, 5.0]), np.array([0.0, 5.0, 10.0]))
+    assert curve[0] == 0 and np.all(np.diff(curve) > 0)
+    one = model.purchase_model_.expected_number_of_purchases_up_to_time(5.0)
+    assert curve[1] == pytest.approx(2 * one)  # the third customer is not born yet
+
+
+def test_repeat_purchases_by_period():
+    got = features.repeat_purchases_by_period(ibis.memtable(ORDERS), "2025-03-01", 7).to_pandas()
+    # first purchase days: x 01-01, y 01-05, z 02-10; repeats: x 01-11 (period 1), y 02-01 (period 4)
+    assert got.values.tolist() == [[1, 1], [4, 1]]

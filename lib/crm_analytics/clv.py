@@ -307,3 +307,82 @@ def value_tiers(values: np.ndarray, cut_points: tuple[float, float] = (0.5, 0.8)
     out = np.where(v >= hi, "high", np.where(v >= lo, "medium", "low")).astype(object)
     out[~ok] = "unknown"
     return out
+
+
+def model_matrix(
+    model: CLVModel,
+    kind: str = "p_alive",
+    max_frequency: int = 20,
+    max_recency: float = 52.0,
+    T: float = 52.0,
+) -> pd.DataFrame:
+    """Return a frequency x recency matrix of the fitted model, for a customer of age ``T``.
+
+    Parameters
+    ----------
+    model : CLVModel
+        A fitted model.
+    kind : {"p_alive", "expected"}, default "p_alive"
+        Probability of being alive, or expected purchases in the next time unit.
+    max_frequency : int, default 20
+        Largest repeat-purchase count shown.
+    max_recency : float, default 52.0
+        Largest recency shown (in the model's time unit).
+    T : float, default 52.0
+        Customer age (time since first purchase).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows: frequency 0..max_frequency; columns: recency; values: the quantity.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is unknown.
+    """
+    if kind not in ("p_alive", "expected"):
+        raise ValueError(f"kind must be 'p_alive' or 'expected', got {kind!r}")
+    freqs = np.arange(0, max_frequency + 1)
+    recs = np.linspace(0, min(max_recency, T), 14)
+    f, r = np.meshgrid(freqs, recs, indexing="ij")
+    grid = pd.DataFrame(
+        {"frequency": f.ravel(), "recency": r.ravel(), "T": T, "monetary_value": 0.0}
+    )
+    grid.loc[grid.frequency == 0, "recency"] = 0.0
+    values = (
+        model.probability_alive(grid) if kind == "p_alive" else model.expected_purchases(grid, 1.0)
+    )
+    out = pd.DataFrame(np.asarray(values).reshape(f.shape), index=freqs, columns=np.round(recs, 1))
+    out.index.name, out.columns.name = "frequency", "recency"
+    return out
+
+
+def expected_repeat_curve(model: CLVModel, births: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Return the expected cumulative repeat purchases of a population at each time.
+
+    Parameters
+    ----------
+    model : CLVModel
+        A fitted model.
+    births : numpy.ndarray
+        Time of each customer's first purchase (in the model's unit, from a common origin).
+    times : numpy.ndarray
+        Times at which to evaluate (same origin and unit).
+
+    Returns
+    -------
+    numpy.ndarray
+        Expected repeat purchases of all customers born before each time, cumulated.
+    """
+    m = model.purchase_model_
+    uniq, counts = np.unique(np.asarray(births, dtype=float), return_counts=True)
+    out = np.zeros(len(times))
+    for i, t in enumerate(times):
+        alive = uniq < t
+        if alive.any():
+            ages = t - uniq[alive]
+            out[i] = float(
+                np.sum(counts[alive] * np.asarray(m.expected_number_of_purchases_up_to_time(ages)))
+            )
+    return out

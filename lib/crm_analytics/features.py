@@ -572,3 +572,35 @@ def event_signals(
         abandoned_cart_days=out.abandoned_cart_days.fill_null(0).cast("int64"),
         browsed_not_bought=out.browsed_not_bought.fill_null(0).cast("int64"),
     )
+
+
+def repeat_purchases_by_period(
+    orders: ir.Table, cutoff: dt.date | str, time_unit_days: int = 7
+) -> ir.Table:
+    """Return repeat purchase days per period since the first purchase date in the data.
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders.
+    cutoff : date or ISO string
+        Orders strictly before it.
+    time_unit_days : int, default 7
+        Period length in days.
+
+    Returns
+    -------
+    ibis Table
+        period (0 = the period of the earliest purchase), repeat_purchases (purchase
+        days that are not a customer's first).
+    """
+    paid = paid_orders(orders)
+    paid = paid.filter(paid.order_ts < _ts(cutoff))
+    days = paid.select("customer_id", day=paid.order_ts.date()).distinct()
+    first = days.group_by("customer_id").aggregate(first_day=days.day.min())
+    origin = days.day.min().as_scalar()
+    j = days.join(first, "customer_id")
+    j = j.filter(j.day > j.first_day)
+    period = (j.day.delta(origin, unit="day") / time_unit_days).floor().cast("int64")
+    j = j.mutate(period=period)
+    return j.group_by("period").aggregate(repeat_purchases=j.count()).order_by("period")

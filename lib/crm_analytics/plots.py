@@ -469,3 +469,57 @@ def plot_satisfaction_trend(months: pd.DataFrame, ax: Axes | None = None) -> Axe
     ax2.grid(False)
     _date_axis(ax)
     return ax
+
+
+def plot_model_matrix(matrix: pd.DataFrame, title: str, ax: Axes | None = None) -> Axes:
+    """Plot a frequency x recency matrix of a purchase model as a heatmap.
+
+    Parameters
+    ----------
+    matrix : pandas.DataFrame
+        Output of :func:`crm_analytics.clv.model_matrix`.
+    title : str
+        Figure title.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    sns.heatmap(matrix.sort_index(ascending=False), cmap="viridis", ax=ax, cbar=True)
+    ax.set(title=title, xlabel="recency (time of the last purchase)", ylabel="repeat purchases")
+    return ax
+
+
+def plot_repeat_curve(
+    periods: np.ndarray, actual: np.ndarray, expected: np.ndarray, ax: Axes | None = None
+) -> Axes:
+    """Plot cumulative repeat purchases, actual and expected by the model, over time.
+
+    Parameters
+    ----------
+    periods : numpy.ndarray
+        Period numbers.
+    actual, expected : numpy.ndarray
+        Cumulative repeat purchases.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    ax.plot(periods, actual, label="actual")
+    ax.plot(periods, expected, ls="--", label="model")
+    ax.set(
+        title="Cumulative repeat purchases: actual vs model",
+        xlabel="period",
+        ylabel="repeat purchases",
+    )
+    ax.legend()
+    return ax
