@@ -24,21 +24,14 @@ import json, resource, sys, time
 from pathlib import Path
 import pandas as pd
 from crm_analytics import clean, collect, entities, store
-from crm_analytics.generate import generate
+from crm_analytics.generate import generate, source_specs
 
 n, data, db = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 if not (data / "_SUCCESS").is_file():
     generate(data, n, 42)
 Path(db).unlink(missing_ok=True)
 con = store.connect(db)
-sources = {
-    "customers": {"kind": "sql", "url": f"sqlite:///{data}/crm.sqlite", "table": "customers"},
-    "orders": {"kind": "csv", "path": f"{data}/orders/*.csv"},
-    "order_items": {"kind": "csv", "path": f"{data}/order_items/*.csv"},
-    "events": {"kind": "jsonl", "path": f"{data}/events/*.jsonl"},
-    "tickets": {"kind": "excel", "path": f"{data}/tickets.xlsx"},
-    "surveys": {"kind": "csv", "path": f"{data}/surveys.csv", "encoding": "gbk"},
-}
+sources = source_specs(data)
 t0 = time.perf_counter()
 files = collect.collect_sources(con, sources)
 t1 = time.perf_counter()

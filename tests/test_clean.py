@@ -6,6 +6,7 @@ import pytest
 from pandas.testing import assert_frame_equal
 
 from crm_analytics import clean, collect
+from crm_analytics.generate import source_specs
 from crm_analytics.schemas import TABLES
 
 AS_OF = dt.date(2025, 12, 31)
@@ -352,18 +353,7 @@ def test_parse_numbers_and_timestamps(duck):
 
 
 def test_generated_dataset_is_fully_accounted(tiny_dataset, duck):
-    sources = {
-        "customers": {
-            "kind": "sql",
-            "url": f"sqlite:///{tiny_dataset}/crm.sqlite",
-            "table": "customers",
-        },
-        "orders": {"kind": "csv", "path": f"{tiny_dataset}/orders/*.csv"},
-        "order_items": {"kind": "csv", "path": f"{tiny_dataset}/order_items/*.csv"},
-        "events": {"kind": "jsonl", "path": f"{tiny_dataset}/events/*.jsonl"},
-        "tickets": {"kind": "excel", "path": f"{tiny_dataset}/tickets.xlsx"},
-        "surveys": {"kind": "csv", "path": f"{tiny_dataset}/surveys.csv", "encoding": "gbk"},
-    }
+    sources = source_specs(tiny_dataset)
     files = collect.collect_sources(duck, sources)
     acc = clean.clean_all(duck, clean.CleanSettings.build())
     assert (acc.input == acc.kept + acc.duplicates + acc.merged + acc.quarantined).all()

@@ -6,6 +6,7 @@ import pytest
 from pandas.testing import assert_frame_equal
 
 from crm_analytics import clean, collect, entities
+from crm_analytics.generate import source_specs
 
 
 def test_exact_pairs_share_a_key():
@@ -111,14 +112,8 @@ def test_resolve_moves_child_rows_to_survivor(duck):
 
 def test_probabilistic_matching_on_generated_duplicates(tiny_dataset, duck):
     """On generated data, duplicates without a shared contact key are found by the model."""
-    sources = {
-        "customers": {
-            "kind": "sql",
-            "url": f"sqlite:///{tiny_dataset}/crm.sqlite",
-            "table": "customers",
-        },
-        "orders": {"kind": "csv", "path": f"{tiny_dataset}/orders/*.csv"},
-    }
+    specs = source_specs(tiny_dataset)
+    sources = {t: specs[t] for t in ("customers", "orders")}
     collect.collect_sources(duck, sources)
     acc = clean.clean_all(duck, clean.CleanSettings.build(), entities.MatchSettings(seed=1))
     cust = acc.set_index("table").loc["customers"]

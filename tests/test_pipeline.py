@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from crm_analytics import config
+from crm_analytics.generate import source_specs
 from crm_analytics.runner import StageFailed, run_pipeline
 
 pytestmark = pytest.mark.pipeline
@@ -20,18 +21,7 @@ def _params(dataset, tmp):
     p = config.load_params(config.project_root() / "params" / "default.yaml")
     p.pop("generate")
     p["store"] = str(tmp / "store.duckdb")
-    p["collect"]["sources"] = {
-        "customers": {
-            "kind": "sql",
-            "url": f"sqlite:///{dataset}/crm.sqlite",
-            "table": "customers",
-        },
-        "orders": {"kind": "csv", "path": f"{dataset}/orders/*.csv"},
-        "order_items": {"kind": "csv", "path": f"{dataset}/order_items/*.csv"},
-        "events": {"kind": "jsonl", "path": f"{dataset}/events/*.jsonl"},
-        "tickets": {"kind": "excel", "path": f"{dataset}/tickets.xlsx"},
-        "surveys": {"kind": "csv", "path": f"{dataset}/surveys.csv", "encoding": "gbk"},
-    }
+    p["collect"]["sources"] = source_specs(dataset)
     p["clean"]["truth_dir"] = str(dataset / "truth")
     p["segment"]["silhouette_sample"] = 300
     p["segment"]["truth_dir"] = str(dataset / "truth")

@@ -868,3 +868,27 @@ _HOUR_P = np.array(
     ]
 )
 _HOUR_P = _HOUR_P / _HOUR_P.sum()
+
+
+def source_specs(out_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Return the ``collect.sources`` parameter that reads a generated dataset.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Folder written by :func:`generate`.
+
+    Returns
+    -------
+    dict
+        Canonical table -> source mapping (the same as in ``params/default.yaml``).
+    """
+    d = str(out_dir)
+    return {
+        "customers": {"kind": "sql", "url": f"sqlite:///{d}/crm.sqlite", "table": "customers"},
+        "orders": {"kind": "csv", "path": f"{d}/orders/*.csv"},
+        "order_items": {"kind": "csv", "path": f"{d}/order_items/*.csv"},
+        "events": {"kind": "jsonl", "path": f"{d}/events/*.jsonl"},
+        "tickets": {"kind": "excel", "path": f"{d}/tickets.xlsx"},
+        "surveys": {"kind": "csv", "path": f"{d}/surveys.csv", "encoding": "gbk"},
+    }
