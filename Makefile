@@ -36,6 +36,7 @@ $(DATA_DIR)/_SUCCESS: lib/crm_analytics/generate.py | $(INSTALLED)
 data: $(DATA_DIR)/_SUCCESS
 
 $(RUN_STAMP): $(INSTALLED) $(DATA_DEP) $(wildcard notebooks/*.ipynb) $(LIB_FILES) $(PARAMS)
+	@bash scripts/ensure-fonts.sh
 	$(BIN)/crm-analytics run --params $(PARAMS)
 	@touch $@
 
@@ -52,6 +53,7 @@ format: $(INSTALLED)
 
 test: lint
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-fonts.sh
 	MPLBACKEND=Agg $(BIN)/python -m pytest
 
 lab: $(INSTALLED)

@@ -70,10 +70,14 @@ def test_cdnow_reproduces_the_published_fit():
     from lifetimes.datasets import load_cdnow_summary
 
     d = load_cdnow_summary(index_col=[0]).assign(monetary_value=0.0)
-    got = clv.CLVModel("bgnbd").fit(d).params_["bgnbd"]
+    model = clv.CLVModel("bgnbd").fit(d)
+    got = model.params_["bgnbd"]
     published = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
     for k, v in published.items():
         assert got[k] == pytest.approx(v, abs=0.01)
+    assert model.log_likelihood_ == pytest.approx(-9582.4, abs=0.5)  # as published
+    pareto = clv.CLVModel("pareto").fit(d)
+    assert pareto.log_likelihood_ == pytest.approx(-9595.0, abs=1.0)  # Pareto/NBD, as published
 
 
 def test_clv_grows_with_horizon_and_falls_with_discounting():

@@ -186,4 +186,8 @@ def test_campaign_export_respects_consent_and_stays_out_of_reports(run, tiny_dat
     refused = set(consent.customer_id[consent.consent_marketing != "true"])
     assert len(contacts) > 0 and not refused & set(contacts.customer_id)
     assert list(contacts.columns) == ["customer_id", "name", "email", "phone", "segment"]
-    assert not list(run_dir.rglob("*.csv"))  # contact lists never land in the report folder
+    xlsx = pd.read_excel(export.with_suffix(".xlsx"), dtype=str)
+    assert xlsx.customer_id.tolist() == contacts.customer_id.tolist()
+    assert not list(run_dir.rglob("*.csv")) and not list(
+        run_dir.rglob("*.xlsx")
+    )  # never in reports

@@ -127,6 +127,9 @@ class CLVModel:
     neg_log_likelihood_ : float
         The purchase model's optimised objective (lifetimes' mean negative
         log-likelihood on its internally rescaled data).
+    log_likelihood_ : float
+        Total log-likelihood of the purchase model on the data, comparable with
+        published fits (CDNOW: BG/NBD -9582.4, Pareto/NBD -9595.0).
     gamma_gamma_check_ : GammaGammaCheck
         Preconditions of the spend model.
     """
@@ -170,6 +173,7 @@ class CLVModel:
                 summary.frequency, summary.recency, summary["T"]
             )
         self.neg_log_likelihood_ = float(self.purchase_model_._negative_log_likelihood_)
+        self.log_likelihood_ = self._log_likelihood(summary)
         self.gamma_gamma_check_ = check_gamma_gamma(summary)
         rep = summary[(summary.frequency > 0) & (summary.monetary_value > 0)]
         self.spend_model_ = None
@@ -194,6 +198,19 @@ class CLVModel:
             ),
         }
         return self
+
+    def _log_likelihood(self, summary: pd.DataFrame) -> float:
+        """Return the purchase model's total log-likelihood on the original time scale."""
+        from lifetimes import BetaGeoFitter, ParetoNBDFitter
+
+        f, r, t = (summary[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+        w = np.ones(len(f))
+        p = self.purchase_model_.params_
+        if self.purchase_model == "bgnbd":
+            logp = np.log(p[["r", "alpha", "a", "b"]].to_numpy(dtype=float))
+            return float(-BetaGeoFitter._negative_log_likelihood(logp, f, r, t, w, 0.0) * w.sum())
+        params = p[["r", "alpha", "s", "beta"]].to_numpy(dtype=float)
+        return float(-ParetoNBDFitter._negative_log_likelihood(params, f, r, t, w, 0.0))
 
     def expected_purchases(self, summary: pd.DataFrame, periods: float) -> np.ndarray:
         """Return the expected purchases of each customer in the next ``periods`` time units.

@@ -34,6 +34,15 @@ def set_theme() -> list[str]:
         The sans-serif font list now in effect.
     """
     installed = {f.name for f in font_manager.fontManager.ttflist}
+    if not any(f in installed for f in CJK_FONTS):
+        # a font installed after matplotlib built its cache is not listed yet: add it
+        for path in font_manager.findSystemFonts():
+            if any(k in path.lower() for k in ("wqy", "notosanscjk", "noto-cjk", "sourcehansans")):
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError):
+                    continue
+        installed = {f.name for f in font_manager.fontManager.ttflist}
     cjk = [f for f in CJK_FONTS if f in installed]
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
     fonts = [*cjk, "DejaVu Sans"]
