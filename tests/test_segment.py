@@ -372,3 +372,17 @@ def test_event_signals_and_category_mix():
     )
     assert mix.loc["a"].tolist() == pytest.approx([2 / 3, 1 / 3])
     assert mix.loc["b"].tolist() == [1.0, 0.0]
+
+
+def test_projection_2d_separates_planted_groups():
+    rng = np.random.default_rng(1)
+    n = 100
+    frame = pd.DataFrame(
+        {"frequency": np.r_[rng.normal(30, 1, n), rng.normal(2, 0.5, n)].clip(0),
+         "monetary_mean": np.r_[rng.normal(500, 10, n), rng.normal(50, 5, n)]}
+    )  # fmt: skip
+    model = segment.BehaviourClusters(k_min=2, k_max=3, sample_size=200, seed=1).fit(frame)
+    pts = segment.projection_2d(model, frame, sample=150)
+    assert len(pts) == 150 and pts.attrs["explained"][0] > 0.5
+    means = pts.groupby("cluster").pc1.mean()
+    assert abs(means.iloc[0] - means.iloc[1]) > 1  # the clusters lie apart on the first component

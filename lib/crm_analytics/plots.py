@@ -532,3 +532,28 @@ def plot_repeat_curve(
     )
     ax.legend()
     return ax
+
+
+def plot_projection(points: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Scatter customers on two principal components, coloured by cluster.
+
+    Parameters
+    ----------
+    points : pandas.DataFrame
+        Columns ``pc1``, ``pc2``, ``cluster`` (``attrs["explained"]`` optional).
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    sns.scatterplot(
+        data=points, x="pc1", y="pc2", hue="cluster", palette=PALETTE, s=12, alpha=0.6, ax=ax
+    )
+    ev = points.attrs.get("explained", [float("nan"), float("nan")])
+    ax.set(title="Clusters on two principal components", xlabel=f"PC1 ({ev[0]:.0%} of variance)",
+           ylabel=f"PC2 ({ev[1]:.0%} of variance)")  # fmt: skip
+    return ax

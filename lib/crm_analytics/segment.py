@@ -788,3 +788,39 @@ def comment_keywords(
         words = [w for w in words if sum(w in t for t in texts) >= min_comments][:top]
         rows.append({by: key, "comments": len(part), "keywords": ", ".join(words)})
     return pd.DataFrame(rows, columns=[by, "comments", "keywords"])
+
+
+def projection_2d(
+    clusters: BehaviourClusters, frame: pd.DataFrame, sample: int = 3000, seed: int = 42
+) -> pd.DataFrame:
+    """Project customers on the first two principal components of the clustering features.
+
+    Parameters
+    ----------
+    clusters : BehaviourClusters
+        A fitted model (its features and scaler are reused).
+    frame : pandas.DataFrame
+        Per-customer features.
+    sample : int, default 3000
+        Customers drawn for the figure.
+    seed : int, default 42
+        Random seed of the sample.
+
+    Returns
+    -------
+    pandas.DataFrame
+        pc1, pc2, cluster for the sampled customers; the explained variance ratios
+        are in ``attrs["explained"]``.
+    """
+    from sklearn.decomposition import PCA
+
+    z = clusters.scaler_.transform(clusters._matrix(frame))
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(z), size=min(sample, len(z)), replace=False)
+    pca = PCA(n_components=2, random_state=seed).fit(z)
+    xy = pca.transform(z[idx])
+    out = pd.DataFrame(
+        {"pc1": xy[:, 0], "pc2": xy[:, 1], "cluster": clusters.model_.predict(z[idx])}
+    )
+    out.attrs["explained"] = [float(v) for v in pca.explained_variance_ratio_]
+    return out
