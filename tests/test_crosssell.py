@@ -83,3 +83,14 @@ def test_next_best_by_segment():
     )
     got = crosssell.next_best_by_segment(segs, bought, rules)
     assert got.values.tolist() == [["S", "b", 1, 0.5, 1.2], ["T", "a", 1, 0.9, 1.2]]
+
+
+def test_single_category_gives_no_rules_and_typed_empty_results(duck):
+    items = ibis.memtable(pd.DataFrame({"order_id": [1, 2], "item": ["music", "music"]}))
+    rules = crosssell.association_rules(items)
+    duck.create_table("rules", rules)  # an empty result must still be a typed table
+    assert duck.table("rules").count().to_pandas() == 0
+    bought = pd.DataFrame({"customer_id": ["x", "y"], "item": ["music", "music"]})
+    recs = crosssell.CooccurrenceRecommender(k=3).fit(bought).recommend(bought)
+    assert recs.empty and str(recs.dtypes["rank"]) == "int64"
+    duck.create_table("recs", recs)

@@ -191,3 +191,20 @@ def test_campaign_export_respects_consent_and_stays_out_of_reports(run, tiny_dat
     assert not list(run_dir.rglob("*.csv")) and not list(
         run_dir.rglob("*.xlsx")
     )  # never in reports
+
+
+def test_real_cdnow_data_runs_end_to_end(tmp_path):
+    """The shipped params/cdnow.yaml on the real CDNOW sample: every stage runs, CLV is fitted."""
+    params = config.load_params(config.project_root() / "params" / "cdnow.yaml")
+    params["store"] = str(tmp_path / "cdnow.duckdb")
+    params["segment"]["export_dir"] = str(tmp_path / "exports")
+    f = tmp_path / "cdnow.yaml"
+    f.write_text(yaml.safe_dump(params))
+    run_dir = run_pipeline(f, run_id="cdnow", reports_dir=tmp_path / "reports", progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["collect"]["rows_per_table"]["customers"] == 2357
+    assert metrics["clean"]["all_rows_accounted"] is True
+    bg = metrics["segment"]["clv_params"]["bgnbd"]
+    assert 0.1 < bg["r"] < 0.5 and 0.4 < bg["a"] < 1.2  # near the published r=0.243, a=0.793
+    assert metrics["segment"]["association_rules"] == 0  # one category: no rules, and no failure
+    assert 0.5 < metrics["churn"]["holdout_roc_auc"] <= 1

@@ -190,7 +190,10 @@ class CooccurrenceRecommender:
                 for rank, j in enumerate(row, 1):
                     if np.isfinite(scores[i, j]):
                         out.append((cid, rank, self.items_[j], float(scores[i, j])))
-        return pd.DataFrame(out, columns=["customer_id", "rank", "item", "score"])
+        frame = pd.DataFrame(out, columns=["customer_id", "rank", "item", "score"])
+        return frame.astype(
+            {"customer_id": "string", "rank": "int64", "item": "string", "score": "float64"}
+        )
 
     def popular(self, pairs: pd.DataFrame) -> pd.DataFrame:
         """Recommend the ``k`` most bought items each customer has not bought (the baseline).
