@@ -115,16 +115,20 @@ def load_segment_map(path: str | Path, bins: int = 5) -> SegmentMap:
 
 
 CLUSTER_FEATURES: tuple[str, ...] = (
+    "recency_days",
     "frequency",
     "monetary_mean",
+    "tenure_days",
     "share_app",
     "share_online",
     "share_store",
     "n_refunds",
+    "n_tickets",
+    "mean_satisfaction",
+    "mean_nps",
 )
-"""Default behavioural features for clustering (those present are used, plus every ``cat_*``
-category-share column). Recency and tenure are left out on purpose: they describe where a
-customer is in the lifecycle (see the lifecycle stages and RFM), not how they behave."""
+"""Default behavioural features for clustering: RFM, tenure, channel mix, refunds, support and
+survey signals (those present are used), plus every ``cat_*`` category-share column."""
 
 
 def _require(frame: pd.DataFrame, columns: list[str]) -> None:
@@ -325,6 +329,8 @@ class BehaviourClusters:
         k -> k-means inertia on the sample.
     k_ : int
         Chosen number of clusters.
+    medians_ : pandas.Series
+        Feature medians, used for missing values (a customer without a survey answer).
     scaler_ : StandardScaler
         Fitted scaler.
     model_ : KMeans
@@ -346,8 +352,8 @@ class BehaviourClusters:
         self.seed = seed
 
     def _matrix(self, frame: pd.DataFrame) -> np.ndarray:
-        """Return the log-transformed feature matrix (missing values as 0)."""
-        x = frame[self.features_].astype(float).fillna(0.0).to_numpy()
+        """Return the log-transformed feature matrix (missing values as the fitted medians)."""
+        x = frame[self.features_].astype(float).fillna(self.medians_).fillna(0.0).to_numpy()
         return np.sign(x) * np.log1p(np.abs(x))
 
     def fit(self, frame: pd.DataFrame) -> BehaviourClusters:
@@ -377,6 +383,7 @@ class BehaviourClusters:
             raise ValueError(f"none of the clustering features {list(wanted)} is in the frame")
         if len(frame) <= self.k_max:
             raise ValueError(f"need more than k_max={self.k_max} rows to cluster, got {len(frame)}")
+        self.medians_ = frame[self.features_].astype(float).median()
         x = self._matrix(frame)
         self.scaler_ = StandardScaler().fit(x)
         z = self.scaler_.transform(x)
