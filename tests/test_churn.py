@@ -77,3 +77,70 @@ def test_risk_tiers():
         "high",
         "high",
     ]
+
+
+def _orders():
+    import ibis
+
+    return {
+        "orders": ibis.memtable(
+            pd.DataFrame(
+                {
+                    "order_id": ["o1", "o2", "o3", "o4"],
+                    "customer_id": ["a", "a", "b", "b"],
+                    "order_ts": pd.to_datetime(
+                        ["2025-01-10", "2025-03-05", "2025-02-01", "2025-02-20"]
+                    ),
+                    "amount": [10.0, 20.0, 5.0, 7.0],
+                    "status": ["paid"] * 4,
+                }
+            )
+        )
+    }
+
+
+def test_leakage_guard_passes_honest_features_and_names_leaking_ones():
+    from crm_analytics import features
+
+    tables, times = _orders(), {"orders": "order_ts"}
+    churn.check_no_leakage(
+        lambda t: features.customer_features(t["orders"], "2025-03-01"), tables, times, "2025-03-01"
+    )
+
+    def leaking(t):  # reads a month past the cutoff
+        return features.customer_features(t["orders"], "2025-04-01")
+
+    with pytest.raises(churn.LeakageError, match=r"at or after the cutoff 2025-03-01: .*frequency"):
+        churn.check_no_leakage(leaking, tables, times, "2025-03-01")
+
+
+def test_calibration_improves_brier_on_an_overconfident_model():
+    rng = np.random.default_rng(3)
+    n = 6000
+    x = rng.normal(size=(n, 3))
+    p_true = 1 / (1 + np.exp(-(0.8 * x[:, 0] - 0.5 * x[:, 1])))
+    frame = pd.DataFrame(x, columns=["f1", "f2", "f3"]).assign(
+        churned=(rng.uniform(size=n) < p_true).astype(int)
+    )
+    frame["customer_id"] = range(n)
+    train, rest = churn.holdout_split(frame, 0.5, seed=1)
+    valid, test = churn.holdout_split(rest, 0.5, seed=2)
+    # a deliberately overfitted booster gives over-confident probabilities
+    base = churn.ChurnModel("gbm", seed=1, max_iter=400, learning_rate=0.5)
+    raw_brier = churn.evaluate(test.churned, churn.ChurnModel("gbm", seed=1, max_iter=400, learning_rate=0.5)
+                               .fit(train).predict_proba(test))["brier"]  # fmt: skip
+    model = churn.CalibratedChurnModel(base, seed=1).fit(train, valid)
+    assert model.method_ in ("sigmoid", "isotonic")
+    assert churn.evaluate(test.churned, model.predict_proba(test))["brier"] < raw_brier
+
+
+def test_retention_targets_rank_by_expected_value():
+    scores = pd.DataFrame(
+        {"customer_id": ["a", "b", "c"], "p_churn": [0.9, 0.5, 0.1], "clv": [100.0, 1000.0, np.nan]}
+    )
+    got = churn.retention_targets(scores, save_rate=0.2, contact_cost=5.0)
+    assert got.customer_id.tolist() == ["b", "a", "c"]
+    assert got.expected_value.tolist() == pytest.approx([95.0, 13.0, -5.0])
+    assert got.cumulative_value.tolist() == pytest.approx([95.0, 108.0, 103.0])
+    with pytest.raises(ValueError, match="save_rate"):
+        churn.retention_targets(scores, save_rate=2)

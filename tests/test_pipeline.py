@@ -26,6 +26,7 @@ def _params(dataset, tmp):
     p["segment"]["silhouette_sample"] = 300
     p["segment"]["truth_dir"] = str(dataset / "truth")
     p["segment"]["export_dir"] = str(tmp / "exports")
+    p["churn"]["export_dir"] = str(tmp / "exports")
     p["forecast"]["horizon"] = 8
     return p
 
@@ -86,6 +87,9 @@ def test_manifest_and_metrics(run):
         "surveys",
     }
     assert 0.5 < metrics["churn"]["holdout_roc_auc"] <= 1
+    assert metrics["churn"]["leakage_check"] == "passed"
+    assert metrics["churn"]["calibration"] in ("none", "sigmoid", "isotonic")
+    assert metrics["churn"]["retention_positive_targets"] >= 0
     seg = metrics["segment"]
     assert (
         seg["clusters"] >= 2 and -1 <= seg["persona_ari"] <= 1 and seg["cluster_stability_ari"] > 0
@@ -198,6 +202,7 @@ def test_real_cdnow_data_runs_end_to_end(tmp_path):
     params = config.load_params(config.project_root() / "params" / "cdnow.yaml")
     params["store"] = str(tmp_path / "cdnow.duckdb")
     params["segment"]["export_dir"] = str(tmp_path / "exports")
+    params["churn"]["export_dir"] = str(tmp_path / "exports")
     f = tmp_path / "cdnow.yaml"
     f.write_text(yaml.safe_dump(params))
     run_dir = run_pipeline(f, run_id="cdnow", reports_dir=tmp_path / "reports", progress=False)

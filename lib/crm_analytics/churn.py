@@ -11,7 +11,10 @@ silently wrong.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from typing import Any
 
+import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -255,3 +258,189 @@ def risk_tiers(p: np.ndarray, edges: tuple[float, float] = (0.4, 0.7)) -> np.nda
     """
     p = np.asarray(p, dtype=float)
     return np.where(p >= edges[1], "high", np.where(p >= edges[0], "medium", "low"))
+
+
+class LeakageError(RuntimeError):
+    """A feature read data at or after the cutoff."""
+
+
+def check_no_leakage(
+    build: Callable[[dict[str, ir.Table]], ir.Table],
+    tables: dict[str, ir.Table],
+    time_columns: dict[str, str],
+    cutoff: dt.date | str,
+    key: str = "customer_id",
+) -> None:
+    """Fail loudly if a feature changes when every row at or after the cutoff is removed.
+
+    The features are built twice: from the tables as they are, and from the tables
+    cut at the cutoff. A feature that only reads the past is the same both times.
+
+    Parameters
+    ----------
+    build : callable
+        Takes the tables and returns the feature table (an ibis expression).
+    tables : dict
+        Table name -> ibis table, as the features see them.
+    time_columns : dict
+        Table name -> its time column; tables without one are not cut.
+    cutoff : date or ISO string
+        The cutoff.
+    key : str, default "customer_id"
+        Row identity of the feature table.
+
+    Raises
+    ------
+    LeakageError
+        Naming the features that read data at or after the cutoff.
+    """
+    c = dt.datetime.combine(dt.date.fromisoformat(str(cutoff)[:10]), dt.time())
+    cut = {
+        name: (t.filter(t[time_columns[name]].cast("timestamp") < c) if name in time_columns else t)
+        for name, t in tables.items()
+    }
+    full = build(tables).to_pandas().sort_values(key).reset_index(drop=True)
+    past = build(cut).to_pandas().sort_values(key).reset_index(drop=True)
+    if list(full[key]) != list(past[key]):
+        raise LeakageError(f"the set of customers depends on data at or after {c.date()}")
+    leaking = []
+    for col in full.columns:
+        a, b = full[col], past[col]
+        same = (a == b) | (a.isna() & b.isna())
+        if not bool(same.all()):
+            leaking.append(col)
+    if leaking:
+        raise LeakageError(
+            f"features read data at or after the cutoff {c.date()}: {', '.join(leaking)}"
+        )
+
+
+class CalibratedChurnModel:
+    """A churn model whose probabilities are calibrated on a validation set.
+
+    Sigmoid (Platt) and isotonic calibration are both fitted on one half of the
+    validation customers and compared by Brier score on the other half; the
+    better one (or none, if neither helps) is kept.
+
+    Parameters
+    ----------
+    base : ChurnModel
+        The model to calibrate (fitted by :meth:`fit`).
+    seed : int, default 42
+        Seed of the validation split.
+
+    Attributes
+    ----------
+    method_ : str
+        "sigmoid", "isotonic" or "none".
+    brier_ : dict
+        Validation Brier score of each option.
+    calibrator_ : sklearn estimator or None
+        The fitted calibrator.
+    """
+
+    def __init__(self, base: ChurnModel, seed: int = 42) -> None:
+        self.base = base
+        self.seed = seed
+
+    def fit(
+        self, train: pd.DataFrame, valid: pd.DataFrame, label_col: str = "churned"
+    ) -> CalibratedChurnModel:
+        """Fit the base model on ``train`` and choose a calibration on ``valid``.
+
+        Parameters
+        ----------
+        train, valid : pandas.DataFrame
+            Churn frames of distinct customers.
+        label_col : str, default "churned"
+            Label column.
+
+        Returns
+        -------
+        CalibratedChurnModel
+            self.
+        """
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.frozen import FrozenEstimator
+
+        self.base.fit(train, label_col)
+        a, b = train_test_split(
+            valid, test_size=0.5, random_state=self.seed, stratify=valid[label_col]
+        )
+        xa, ya = a[self.base.features_].astype(float), a[label_col].astype(int)
+        xb, yb = b[self.base.features_].astype(float), b[label_col].astype(int)
+        options: dict[str, Any] = {"none": None}
+        self.brier_ = {
+            "none": float(brier_score_loss(yb, self.base.estimator_.predict_proba(xb)[:, 1]))
+        }
+        for method in ("sigmoid", "isotonic"):
+            cal = CalibratedClassifierCV(FrozenEstimator(self.base.estimator_), method=method).fit(
+                xa, ya
+            )
+            options[method] = cal
+            self.brier_[method] = float(brier_score_loss(yb, cal.predict_proba(xb)[:, 1]))
+        self.method_ = min(self.brier_, key=lambda m: self.brier_[m])
+        self.calibrator_ = options[self.method_]
+        return self
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Return calibrated churn probabilities.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            Rows with the base model's features.
+
+        Returns
+        -------
+        numpy.ndarray
+            Probabilities.
+        """
+        if self.calibrator_ is None:
+            return self.base.predict_proba(frame)
+        return self.calibrator_.predict_proba(frame[self.base.features_].astype(float))[:, 1]
+
+
+def retention_targets(
+    scores: pd.DataFrame, save_rate: float = 0.2, contact_cost: float = 5.0, value_col: str = "clv"
+) -> pd.DataFrame:
+    """Rank customers by the expected value of a retention contact.
+
+    ``expected_value = p_churn x value x save_rate - contact_cost``; the cumulative
+    columns give the budget curve (customers contacted vs value saved).
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        customer_id, p_churn and ``value_col``.
+    save_rate : float, default 0.2
+        Share of contacted would-be churners the contact keeps.
+    contact_cost : float, default 5.0
+        Cost of one contact, in the value's currency.
+    value_col : str, default "clv"
+        Value of keeping the customer (e.g. CLV); missing counts as 0.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The input columns plus expected_value, contacted (1..n) and cumulative_value,
+        best first; a new frame.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing or ``save_rate`` is outside [0, 1].
+    """
+    for c in ("customer_id", "p_churn", value_col):
+        if c not in scores.columns:
+            raise ValueError(f"missing column {c!r}")
+    if not 0 <= save_rate <= 1:
+        raise ValueError(f"save_rate must be in [0, 1], got {save_rate}")
+    out = scores.copy()
+    out["expected_value"] = out.p_churn * out[value_col].fillna(0.0) * save_rate - contact_cost
+    out = out.sort_values(
+        ["expected_value", "customer_id"], ascending=[False, True], ignore_index=True
+    )
+    out["contacted"] = np.arange(1, len(out) + 1)
+    out["cumulative_value"] = out.expected_value.cumsum()
+    return out

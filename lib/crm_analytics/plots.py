@@ -557,3 +557,33 @@ def plot_projection(points: pd.DataFrame, ax: Axes | None = None) -> Axes:
     ax.set(title="Clusters on two principal components", xlabel=f"PC1 ({ev[0]:.0%} of variance)",
            ylabel=f"PC2 ({ev[1]:.0%} of variance)")  # fmt: skip
     return ax
+
+
+def plot_budget_curve(targets: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Plot the expected value saved against the number of customers contacted.
+
+    Parameters
+    ----------
+    targets : pandas.DataFrame
+        Columns ``contacted`` and ``cumulative_value`` (:func:`crm_analytics.churn.retention_targets`).
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    ax.plot(targets.contacted, targets.cumulative_value)
+    if len(targets):
+        best = targets.cumulative_value.idxmax()
+        ax.axvline(targets.contacted[best], color="grey", ls="--", lw=1)
+        ax.annotate(f"best: {targets.contacted[best]:,} contacts", (targets.contacted[best], targets.cumulative_value[best]),
+                    textcoords="offset points", xytext=(5, -15))  # fmt: skip
+    ax.set(
+        title="Retention budget curve",
+        xlabel="customers contacted (best first)",
+        ylabel="expected value saved",
+    )
+    return ax
