@@ -144,3 +144,19 @@ def test_retention_targets_rank_by_expected_value():
     assert got.cumulative_value.tolist() == pytest.approx([95.0, 108.0, 103.0])
     with pytest.raises(ValueError, match="save_rate"):
         churn.retention_targets(scores, save_rate=2)
+
+
+def test_oracle_scores():
+    truth = pd.DataFrame(
+        {
+            "customer_id": ["gone", "alive", "leaves"],
+            "dropout_date": pd.to_datetime(["2025-01-01", "2030-01-01", "2025-03-11"]),
+            "purchase_rate_per_day": [0.1, 0.05, 0.05],
+        }
+    )
+    got = churn.oracle_scores(pd.DataFrame({"customer_id": ["gone", "alive", "leaves", "unknown"]}), truth,
+                              "2025-03-01", 30)  # fmt: skip
+    assert got[0] == 1.0
+    assert got[1] == pytest.approx(np.exp(-0.05 * 30))
+    assert got[2] == pytest.approx(np.exp(-0.05 * 10))  # alive for 10 days of the window
+    assert np.isnan(got[3])

@@ -27,6 +27,7 @@ def _params(dataset, tmp):
     p["segment"]["truth_dir"] = str(dataset / "truth")
     p["segment"]["export_dir"] = str(tmp / "exports")
     p["churn"]["export_dir"] = str(tmp / "exports")
+    p["churn"]["truth_dir"] = str(dataset / "truth")
     p["forecast"]["horizon"] = 8
     return p
 
@@ -88,6 +89,7 @@ def test_manifest_and_metrics(run):
     }
     assert 0.5 < metrics["churn"]["holdout_roc_auc"] <= 1
     assert metrics["churn"]["leakage_check"] == "passed"
+    assert 0.5 < metrics["churn"]["oracle_roc_auc"] <= 1  # the generator's own drop-out process
     assert metrics["churn"]["calibration"] in ("none", "sigmoid", "isotonic")
     assert metrics["churn"]["retention_positive_targets"] >= 0
     seg = metrics["segment"]

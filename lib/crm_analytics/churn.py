@@ -444,3 +444,37 @@ def retention_targets(
     out["contacted"] = np.arange(1, len(out) + 1)
     out["cumulative_value"] = out.expected_value.cumsum()
     return out
+
+
+def oracle_scores(
+    customers: pd.DataFrame, truth: pd.DataFrame, cutoff: dt.date | str, window_days: int
+) -> np.ndarray:
+    """Return the churn probability known to the data generator (the attainable limit).
+
+    Evaluation only, for generated data: with the true drop-out date and purchase
+    rate of each customer, the probability of no purchase in the label window is
+    1 for a customer who already dropped out, else ``exp(-rate x days alive in the window)``.
+
+    Parameters
+    ----------
+    customers : pandas.DataFrame
+        customer_id of the customers scored.
+    truth : pandas.DataFrame
+        The generator's ``truth/customers.parquet`` (customer_id, dropout_date,
+        purchase_rate_per_day).
+    cutoff : date or ISO string
+        Start of the label window.
+    window_days : int
+        Its length.
+
+    Returns
+    -------
+    numpy.ndarray
+        Probabilities aligned with ``customers`` (NaN where the truth has no row).
+    """
+    c = pd.Timestamp(str(cutoff)[:10])
+    t = customers[["customer_id"]].merge(truth, on="customer_id", how="left")
+    drop = pd.to_datetime(t.dropout_date)
+    alive_days = (drop.clip(upper=c + pd.Timedelta(days=window_days)) - c).dt.days.clip(lower=0)
+    p = np.exp(-t.purchase_rate_per_day.to_numpy(dtype=float) * alive_days.to_numpy(dtype=float))
+    return np.where(drop.to_numpy() < c.to_datetime64(), 1.0, p)
