@@ -604,3 +604,24 @@ def repeat_purchases_by_period(
     period = (j.day.delta(origin, unit="day") / time_unit_days).floor().cast("int64")
     j = j.mutate(period=period)
     return j.group_by("period").aggregate(repeat_purchases=j.count()).order_by("period")
+
+
+def customer_features_of(tables: dict[str, ir.Table], cutoff: dt.date | str) -> ir.Table:
+    """Return :func:`customer_features` from a dict of clean tables.
+
+    Parameters
+    ----------
+    tables : dict
+        ``orders`` (required) and, when present, ``customers``, ``events``, ``tickets``, ``surveys``.
+    cutoff : date or ISO string
+        The cutoff.
+
+    Returns
+    -------
+    ibis Table
+        The per-customer features.
+    """
+    return customer_features(
+        tables["orders"], cutoff, tables.get("customers"), tables.get("events"),
+        tables.get("tickets"), tables.get("surveys"),
+    )  # fmt: skip
