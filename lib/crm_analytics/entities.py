@@ -306,7 +306,7 @@ def resolve_customers(con: BaseBackend, settings: MatchSettings) -> dict[str, An
     survivors = cwt.filter(~cwt.merged).select(_keep=cwt.original_id)
     cust = con.table("customers")
     kept = cust.join(survivors, cust.customer_id == survivors._keep).drop("_keep")
-    con.create_table("customers", kept.to_pyarrow(), overwrite=True)
+    con.create_table("customers", kept, overwrite=True)  # rewritten inside the store
     moved = {}
     for child in CHILD_TABLES:
         t = con.table(child)
@@ -314,7 +314,7 @@ def resolve_customers(con: BaseBackend, settings: MatchSettings) -> dict[str, An
         j = t.left_join(m, t.customer_id == m._orig)
         moved[child] = int((j._surv.notnull() & (j._surv != j.customer_id)).sum().to_pandas() or 0)
         j = j.mutate(customer_id=ibis.coalesce(j._surv, j.customer_id)).drop("_orig", "_surv")
-        con.create_table(child, j.select(*t.columns).to_pyarrow(), overwrite=True)
+        con.create_table(child, j.select(*t.columns), overwrite=True)
     pr = allpairs.rule == "probabilistic"
     return {
         "records": len(cw),

@@ -392,7 +392,7 @@ def lifecycle_stages(
     paid = paid.select("customer_id", ts=paid.order_ts)
     first = paid.group_by("customer_id").aggregate(first_ts=paid.ts.min())
     snaps = ibis.memtable(
-        {"snapshot": [dt.datetime.combine(pd_date(s), dt.time()) for s in snapshots]},
+        {"snapshot": [dt.datetime.combine(_as_date(s), dt.time()) for s in snapshots]},
         schema={"snapshot": "timestamp"},
     )
     cust = customers.select("customer_id", signup_ts=customers.signup_date.cast("timestamp"))
@@ -416,19 +416,8 @@ def lifecycle_stages(
     return last.select("snapshot", "customer_id", stage=stage)
 
 
-def pd_date(value: dt.date | str) -> dt.date:
-    """Return a date from a date or an ISO string.
-
-    Parameters
-    ----------
-    value : date or str
-        The date.
-
-    Returns
-    -------
-    datetime.date
-        The date.
-    """
+def _as_date(value: dt.date | str) -> dt.date:
+    """Return a date from a date or an ISO string."""
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
 
 
