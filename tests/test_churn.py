@@ -1,3 +1,5 @@
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -160,3 +162,138 @@ def test_oracle_scores():
     assert got[1] == pytest.approx(np.exp(-0.05 * 30))
     assert got[2] == pytest.approx(np.exp(-0.05 * 10))  # alive for 10 days of the window
     assert np.isnan(got[3])
+
+
+def test_calibration_error_by_hand():
+    y = np.array([0, 0, 1, 1, 1, 0, 1, 0])
+    p = np.array([0.05, 0.05, 0.05, 0.05, 0.95, 0.95, 0.95, 0.95])
+    # two bins of four: observed 0.5 vs predicted 0.05 and 0.95 -> gap 0.45 each
+    assert churn.calibration_error(y, p) == pytest.approx(0.45)
+    assert churn.calibration_error([0, 1], [0.0, 1.0]) == 0.0
+
+
+def test_gains_curve_by_hand():
+    y = np.array([1, 0, 1, 0])
+    g = churn.gains_curve(y, np.array([0.9, 0.8, 0.7, 0.1]), points=4)
+    assert g.share_of_churners_found.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0]
+
+
+def test_threshold_and_confusion_table():
+    y = np.array([0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.6, 0.4, 0.7, 0.9])
+    t = churn.choose_threshold(y, p)
+    assert t == pytest.approx(0.4)  # everyone from 0.4 up: precision 3/4, recall 1, best F1
+    m = churn.confusion_table(y, p, t)
+    assert m.loc["churned", "predicted churn"] == 3 and m.loc["stayed", "predicted churn"] == 1
+    assert int(m.to_numpy().sum()) == 5
+
+
+def test_training_cutoffs_step_back_one_window_and_stop_at_the_data():
+    got = churn.training_cutoffs("2025-07-01", 90, 5, "2024-06-01", min_history_days=90)
+    assert got == [dt.date(2025, 4, 2), dt.date(2025, 1, 2), dt.date(2024, 10, 4)]
+    assert churn.training_cutoffs("2025-07-01", 90, 5, "2025-05-01") == []
+
+
+def _panel(cutoff, labelled=True, n=400):
+    """A frame at a cutoff whose churn depends on recency, different each cutoff."""
+    rng = np.random.default_rng(abs(hash(str(cutoff))) % 2**32)
+    recency = rng.exponential(60, n)
+    churned = (rng.uniform(size=n) < 1 / (1 + np.exp(-(recency - 60) / 20))).astype(int)
+    return pd.DataFrame({"customer_id": [f"c{i}" for i in range(n)], "recency_days": recency,
+                         "noise": rng.normal(size=n), "cutoff": cutoff,
+                         "churned": churned if labelled else np.nan})  # fmt: skip
+
+
+def test_split_by_time_uses_only_earlier_cutoffs_and_falls_back_honestly():
+    seen = []
+
+    def frame_at(c, labelled=True):
+        seen.append((c, labelled))
+        return _panel(c, labelled)
+
+    s = churn.split_by_time(frame_at, "2025-07-01", 90, 2, "2024-06-01", 90)
+    assert s.design == "temporal"
+    assert s.cutoffs == {"train": ["2025-01-02", "2024-10-04"], "valid": ["2025-04-02"],
+                         "test": ["2025-07-01"]}  # fmt: skip
+    assert (
+        set(s.train.cutoff) == {dt.date(2025, 1, 2), dt.date(2024, 10, 4)} and len(s.train) == 800
+    )
+    assert set(s.valid.cutoff) == {dt.date(2025, 4, 2)}
+    # every training label window ends by the test cutoff
+    assert all(c + dt.timedelta(days=90) <= dt.date(2025, 7, 1) for c, _ in seen[1:])
+    one = churn.split_by_time(frame_at, "2025-07-01", 90, 2, "2024-12-01", 90)
+    assert one.design == "temporal, customer validation"
+    assert set(one.train.customer_id).isdisjoint(one.valid.customer_id)
+    short = churn.split_by_time(frame_at, "2025-07-01", 90, 2, "2025-05-01", 90)
+    assert short.design == "customer holdout"
+    assert len(short.train) + len(short.valid) + len(short.test) == 400
+    with pytest.raises(ValueError, match="cannot train a model to score now"):
+        churn.split_by_time(frame_at, "2025-07-01", 90, 2, "2025-05-01", 90, labelled_test=False)
+    sampled = churn.split_by_time(
+        frame_at, "2025-07-01", 90, 2, "2024-06-01", 90, max_train_rows=100
+    )
+    assert len(sampled.train) == 100 and len(sampled.valid) == 400
+
+
+def test_model_set_tunes_on_validation_and_beats_noise():
+    train, valid, test = (_panel(c) for c in ("2025-01-01", "2025-02-01", "2025-03-01"))
+    ms = churn.ChurnModelSet(learning_rates=(0.1,), max_leaf_nodes=(7, 15), max_iter=60,
+                             logistic_c=(0.1, 1.0), seed=1).fit(train, valid)  # fmt: skip
+    assert set(ms.models_) == {"gradient boosting", "logistic regression", "recency only"}
+    assert len(ms.tuning_) == 4 and 1 <= ms.params_["gbm"]["max_iter"] <= 60
+    assert ms.params_["gbm"]["max_leaf_nodes"] in (7, 15) and ms.params_["logistic"]["c"] in (
+        0.1,
+        1.0,
+    )
+    assert ms.best_ in ("gradient boosting", "logistic regression") and 0 < ms.threshold_ < 1
+    table = churn.evaluation_table(test.churned, ms.predict_proba(test))
+    assert (table.roc_auc > 0.75).all()
+    assert ms.models_["recency only"].base.features_ == ["recency_days"]
+
+
+def test_rolling_backtest_refits_at_every_origin():
+    origins = churn.backtest_origins("2025-07-01", 3, 30)
+    assert origins == [dt.date(2025, 5, 2), dt.date(2025, 6, 1), dt.date(2025, 7, 1)]
+    calls = []
+
+    def split_at(origin):
+        calls.append(origin)
+        d = _panel(origin)
+        return churn.ChurnSplit(_panel(f"{origin}-t"), _panel(f"{origin}-v"), d, "temporal",
+                                {"test": [str(origin)]})  # fmt: skip
+
+    bt = churn.rolling_backtest(
+        origins, split_at,
+        lambda: churn.ChurnModelSet(params={"logistic": {"kind": "logistic", "c": 1.0}}),
+        lambda s: {"noise": np.random.default_rng(0).uniform(size=len(s.test))},
+    )  # fmt: skip
+    assert calls == origins
+    assert len(bt) == 3 * 3 and set(bt.model) == {"logistic regression", "recency only", "noise"}
+    summary = churn.backtest_summary(bt).set_index("model")
+    assert summary.loc["noise", "roc_auc_mean"] < summary.loc["logistic regression", "roc_auc_mean"]
+    assert summary.loc["noise", "origins"] == 3
+    by_hand = bt[bt.model == "noise"].roc_auc
+    assert summary.loc["noise", "roc_auc_std"] == pytest.approx(by_hand.std())
+
+
+def test_top_reasons_name_the_feature_that_raises_risk():
+    rng = np.random.default_rng(5)
+    n = 3000
+    frame = pd.DataFrame({"recency_days": rng.uniform(0, 300, n), "noise": rng.normal(size=n)})
+    frame["churned"] = (rng.uniform(size=n) < frame.recency_days / 300).astype(int)
+    frame["customer_id"] = range(n)
+    train, valid = churn.holdout_split(frame, 0.3, seed=1)
+    model = churn.CalibratedChurnModel(churn.ChurnModel("logistic"), seed=1).fit(train, valid)
+    who = pd.DataFrame({"customer_id": [1, 2], "recency_days": [290.0, 10.0], "noise": [0.0, 0.0]})
+    reasons = churn.top_reasons(model, who, train[["recency_days", "noise"]].median(), k=2)
+    assert reasons.iloc[0].startswith("days since last order 290 (+")
+    assert reasons.iloc[1] == ""  # a recent buyer: nothing raises the risk
+    imp = churn.permutation_importance_table(model, valid, n_repeats=3, seed=1)
+    assert imp.feature.iloc[0] == "recency_days" and imp.importance.iloc[0] > 0.1
+    assert abs(imp.set_index("feature").loc["noise", "importance"]) < 0.02
+
+
+def test_feature_labels_read_as_words():
+    assert churn.feature_label("orders_trend_90d") == "order-rate change, last 90 days"
+    assert churn.feature_label("cat_home") == "share of purchases in home"
+    assert churn.feature_label("unknown_col") == "unknown_col"

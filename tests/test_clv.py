@@ -144,3 +144,42 @@ def test_repeat_purchases_by_period():
     got = features.repeat_purchases_by_period(ibis.memtable(ORDERS), "2025-03-01", 7).to_pandas()
     # first purchase days: x 01-01, y 01-05, z 02-10; repeats: x 01-11 (period 1), y 02-01 (period 4)
     assert got.values.tolist() == [[1, 1], [4, 1]]
+
+
+def test_probability_of_no_purchase_in_a_window():
+    from lifetimes.datasets import load_cdnow_summary
+
+    d = load_cdnow_summary(index_col=[0]).assign(monetary_value=0.0)
+    model = clv.CLVModel("bgnbd").fit(d)
+    p = model.params_["bgnbd"]
+    p4, p39, p10k = (model.probability_no_purchase(d, t) for t in (4, 39, 10_000))
+    assert ((p4 >= p39) & (p39 >= p10k - 1e-12)).all()  # a longer window: less chance of silence
+    assert (p10k >= 1 - model.probability_alive(d) - 1e-12).all()  # the dead always stay silent
+    # a customer with no repeat purchase is alive for sure under BG/NBD: P(0) = ((alpha+T)/(alpha+T+t))^r
+    once = d[d.frequency == 0].iloc[[0]]
+    t_obs = float(once["T"].iloc[0])
+    by_hand = ((p["alpha"] + t_obs) / (p["alpha"] + t_obs + 39)) ** p["r"]
+    assert model.probability_no_purchase(once, 39)[0] == pytest.approx(by_hand)
+    # expected purchases and the chance of none agree in direction across customers
+    expected = model.expected_purchases(d, 39)
+    assert np.corrcoef(expected, p39)[0, 1] < -0.5
+    pareto = clv.CLVModel("pareto").fit(d).probability_no_purchase(d, 39)
+    assert ((pareto >= 0) & (pareto <= 1)).all() and np.corrcoef(pareto, p39)[0, 1] > 0.9
+
+
+def test_probability_of_no_purchase_matches_simulated_customers():
+    """Simulate BG/NBD customers, whose true rate and status are known, and compare the chance of silence."""
+    from lifetimes.generate_data import beta_geometric_nbd_model
+
+    np.random.seed(1)  # noqa: NPY002 - lifetimes draws from the global generator
+    sim = beta_geometric_nbd_model(39, 0.8, 4.0, 0.8, 2.5, size=20000).assign(monetary_value=0.0)
+    model = clv.CLVModel("bgnbd").fit(sim)
+    # judge the formula, not the fit: use the parameters the customers were drawn with
+    model.purchase_model_.params_ = pd.Series({"r": 0.8, "alpha": 4.0, "a": 0.8, "b": 2.5})
+    # alive with rate lambda: no purchase in 13 weeks with probability exp(-13 lambda); dead: always silent
+    truth = (1 - sim.alive) + sim.alive * np.exp(-sim["lambda"] * 13)
+    predicted = model.probability_no_purchase(sim, 13)
+    for f in (0, 1, 2, 4):
+        group = (sim.frequency == f).to_numpy()
+        assert predicted[group].mean() == pytest.approx(truth[group].mean(), abs=0.02), f
+    assert predicted.mean() == pytest.approx(truth.mean(), abs=0.01)

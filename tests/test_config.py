@@ -83,7 +83,7 @@ def test_notebook_defaults_match_default_params(stage):
         )
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "cdnow.yaml", "cdnow-full.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "cdnow.yaml", "cdnow-full.yaml", "telco.yaml"])
 def test_shipped_param_files_load(name):
     params = config.load_params(ROOT / "params" / name)
     assert params["collect"]["sources"]

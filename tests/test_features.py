@@ -1,6 +1,7 @@
 import datetime as dt
 
 import ibis
+import numpy as np
 import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
@@ -134,3 +135,101 @@ def test_sales_series_by_group_and_errors():
 def test_missing_column_is_named():
     with pytest.raises(ValueError, match="'order_ts'"):
         features.customer_features(ibis.memtable(ORDERS.drop(columns="order_ts")), CUTOFF)
+
+
+def test_purchase_dynamics_trends_and_gaps_by_hand():
+    orders = pd.DataFrame(
+        {
+            "order_id": [f"o{i}" for i in range(7)],
+            "customer_id": ["a", "a", "a", "a", "b", "a", "b"],
+            "order_ts": pd.to_datetime(
+                [
+                    "2024-09-01",
+                    "2024-11-30",
+                    "2025-02-08",
+                    "2025-02-08 18:00",
+                    "2025-02-20",
+                    "2025-02-25",
+                    "2025-03-01",
+                ],
+                format="mixed",  # the last is at the cutoff: ignored
+            ),
+            "amount": [10.0, 20.0, 30.0, 5.0, 8.0, 40.0, 99.0],
+            "status": ["paid"] * 7,
+        }
+    )
+    got = (
+        features.purchase_dynamics(ibis.memtable(orders), CUTOFF, windows=(30, 180))
+        .to_pandas()
+        .sort_values("customer_id", ignore_index=True)
+    )
+    # a buys on 2024-09-01, 2024-11-30, 2025-02-08 (twice), 2025-02-25; cutoff 2025-03-01.
+    # last 30 days (from 2025-01-30): 3 orders, 75.0; last 180 days (from 2024-09-02): 4 orders, 95.0.
+    # trend 30d: 3 orders in 30 days vs 2 orders in the 151 days 2024-09-01..2025-01-30, per year.
+    # gaps between purchase days: 90, 70, 17 days.
+    gaps = np.array([90.0, 70.0, 17.0])
+    expected = pd.DataFrame(
+        {
+            "customer_id": ["a", "b"],
+            "orders_30d": [3, 1],
+            "spend_30d": [75.0, 8.0],
+            "orders_180d": [4, 1],
+            "spend_180d": [95.0, 8.0],
+            "orders_trend_30d": [3 * 365 / 30 - 2 * 365 / 151, np.nan],
+            "orders_trend_180d": [4 * 365 / 180 - 1 * 365 / 1, np.nan],
+            "gap_mean_days": [gaps.mean(), np.nan],
+            "gap_std_days": [gaps.std(ddof=1), np.nan],
+            "gap_last_days": [17.0, np.nan],
+        }
+    )
+    assert_frame_equal(got[expected.columns], expected, check_dtype=False)
+
+
+def test_churn_features_and_frame_read_only_the_past():
+    tables = {"orders": ibis.memtable(ORDERS)}
+    frame = features.churn_frame(tables, CUTOFF, 30).to_pandas().set_index("customer_id")
+    # b's only later order (at the cutoff) is in the label window, not in any feature
+    assert frame.loc["b", "frequency"] == 1 and frame.loc["b", "churned"] == 0
+    assert frame.loc["a", "refund_share"] == pytest.approx(1 / 3)
+    assert pd.Timestamp(frame.loc["a", "cutoff"]) == pd.Timestamp(CUTOFF)
+    scoring = features.churn_frame(tables, CUTOFF, 30, labelled=False).to_pandas()
+    assert scoring.churned.isna().all() and sorted(scoring.customer_id) == ["a", "b"]
+
+
+def test_top_categories_counts_paid_lines_before_the_cutoff():
+    items = pd.DataFrame(
+        {"order_id": ["o1", "o1", "o2", "o4", "o5", "o5", "o5"],
+         "sku": list("abcdefg"),
+         "category": ["home", "toys", "home", "toys", "beauty", "beauty", "beauty"]}
+    )  # fmt: skip
+    # o5 is at the cutoff and o3 refunded: beauty never counts
+    got = features.top_categories(ibis.memtable(ORDERS), ibis.memtable(items), CUTOFF, n=5)
+    assert got == ["home", "toys"]
+
+
+def test_contract_features_one_hot_and_label():
+    contracts = pd.DataFrame(
+        {
+            "customer_id": ["t1", "t2", "t3"],
+            "tenure": [1, 24, 60],
+            "contract": ["Month-to-month", "One year", "Month-to-month"],
+            "monthly_charges": [70.5, 20.0, None],
+            "churn": ["Yes", "No", "No"],
+        }
+    )
+    got = features.contract_features(ibis.memtable(contracts), "churn").to_pandas()
+    expected = pd.DataFrame(
+        {
+            "customer_id": ["t1", "t2", "t3"],
+            "tenure": [1.0, 24.0, 60.0],
+            "contract_month_to_month": [1, 0, 1],
+            "contract_one_year": [0, 1, 0],
+            "monthly_charges": [70.5, 20.0, np.nan],
+            "churned": [1, 0, 0],
+        }
+    )
+    assert_frame_equal(
+        got.sort_values("customer_id", ignore_index=True), expected, check_dtype=False
+    )
+    with pytest.raises(ValueError, match="'label'"):
+        features.contract_features(ibis.memtable(contracts), "label")

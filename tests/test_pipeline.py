@@ -92,6 +92,14 @@ def test_manifest_and_metrics(run):
     assert 0.5 < metrics["churn"]["oracle_roc_auc"] <= 1  # the generator's own drop-out process
     assert metrics["churn"]["calibration"] in ("none", "sigmoid", "isotonic")
     assert metrics["churn"]["retention_positive_targets"] >= 0
+    ch = metrics["churn"]
+    for name in ("gradient boosting", "logistic regression", "recency only", "BG/NBD"):
+        m = ch["models"][name]
+        assert (
+            0 <= m["calibration_error"] <= 1 and 0 < m["pr_auc"] <= 1 and m["top_decile_lift"] > 0
+        )
+        assert ch["backtest"][name]["origins"] >= 2 and ch["backtest"][name]["roc_auc_std"] >= 0
+    assert ch["design"].startswith("temporal") and ch["best_model"] in ch["models"]
     seg = metrics["segment"]
     assert (
         seg["clusters"] >= 2 and -1 <= seg["persona_ari"] <= 1 and seg["cluster_stability_ari"] > 0
@@ -130,6 +138,8 @@ def test_store_holds_every_output_table(run):
         "customer_features",
         "customer_segments",
         "churn_scores",
+        "churn_features",
+        "churn_backtest",
         "sales_series",
         "forecast",
         "forecast_evaluation",
@@ -142,6 +152,17 @@ def test_store_holds_every_output_table(run):
     assert seg.customer_id.is_unique and seg.segment.notna().all()
     scores = con.table("churn_scores").to_pandas()
     assert scores.p_churn.between(0, 1).all() and set(scores.risk_tier) <= {"low", "medium", "high"}
+    assert scores.customer_id.is_unique and scores.expected_value.notna().all()
+    assert {"top_reasons", "clv", "cutoff", "churned"} <= set(scores.columns)
+    feats = con.table("churn_features").to_pandas()
+    assert set(feats.customer_id) == set(scores.customer_id)
+    assert {"recency_days", "orders_trend_90d", "gap_mean_days", "views", "mean_nps"} <= set(
+        feats.columns
+    )
+    bt = con.table("churn_backtest").to_pandas()
+    assert bt.origin.nunique() >= 2 and {"gradient boosting", "recency only", "BG/NBD"} <= set(
+        bt.model
+    )
     fc = con.table("forecast").to_pandas()
     assert (
         len(fc) == 8 and (fc.lower_95 <= fc.lower_80).all() and (fc.upper_80 <= fc.upper_95).all()
@@ -215,3 +236,62 @@ def test_real_cdnow_data_runs_end_to_end(tmp_path):
     assert 0.1 < bg["r"] < 0.5 and 0.4 < bg["a"] < 1.2  # near the published r=0.243, a=0.793
     assert metrics["segment"]["association_rules"] == 0  # one category: no rules, and no failure
     assert 0.5 < metrics["churn"]["holdout_roc_auc"] <= 1
+
+
+def test_real_telco_data_uses_its_churn_label_and_skips_what_needs_orders(tmp_path):
+    """params/telco.yaml: contractual churn on the real IBM Telco data; no orders, so two stages skip."""
+    params = config.load_params(config.project_root() / "params" / "telco.yaml")
+    params["store"] = str(tmp_path / "telco.duckdb")
+    params["churn"]["export_dir"] = str(tmp_path / "exports")
+    f = tmp_path / "telco.yaml"
+    f.write_text(yaml.safe_dump(params))
+    run_dir = run_pipeline(f, run_id="telco", reports_dir=tmp_path / "reports", progress=False)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    status = {s["stage"]: s for s in manifest["stages"]}
+    assert [status[s]["status"] for s in config.STAGES] == ["ok", "ok", "skipped", "ok", "skipped"]
+    assert "no orders" in status["segment"]["reason"] and "forecast" in status["forecast"]["reason"]
+    assert "no orders" in (run_dir / "index.html").read_text()
+    churn = json.loads((run_dir / "metrics.json").read_text())["churn"]
+    assert churn["mode"] == "contractual" and churn["design"] == "customer holdout"
+    # 7,043 subscribers, 26.5% churned; a quarter held out for the test
+    assert churn["test_customers"] == 1761 and abs(churn["churn_rate"] - 0.265) < 0.02
+    # published models on this data reach ROC AUC of about 0.84
+    assert 0.80 < churn["models"]["gradient boosting"]["roc_auc"] < 0.90
+    assert (
+        churn["models"]["tenure only"]["roc_auc"]
+        < churn["models"]["logistic regression"]["roc_auc"]
+    )
+    assert "BG/NBD" not in churn["models"]  # no purchases to fit it on
+    con = ibis.duckdb.connect(str(tmp_path / "telco.duckdb"), read_only=True)
+    scores = con.table("churn_scores").to_pandas()
+    assert len(scores) == 7043 - 1869  # the subscribers who have not left yet are scored
+    assert scores.top_reasons.str.len().gt(0).mean() > 0.5
+    con.disconnect()
+
+
+def test_score_mode_scores_everyone_active_at_the_end_of_the_data(run):
+    """mode: score tests at the last finished window, then scores every active customer now."""
+    tmp, params_file, _ = run
+    params = yaml.safe_load(params_file.read_text())
+    params["churn"]["mode"] = "score"
+    f = tmp / "score.yaml"
+    f.write_text(yaml.safe_dump(params, allow_unicode=True))
+    run_dir = run_pipeline(
+        f, run_id="score", only="churn", reports_dir=tmp / "reports", progress=False
+    )
+    m = json.loads((run_dir / "metrics.json").read_text())["churn"]
+    con = ibis.duckdb.connect(str(tmp / "store.duckdb"), read_only=True)
+    orders = con.table("orders")
+    paid = orders.filter(orders.status == "paid")
+    data_end = pd.Timestamp(orders.order_ts.max().to_pandas()).date()
+    scores = con.table("churn_scores").to_pandas()
+    active = paid.customer_id.nunique().to_pandas()
+    con.disconnect()
+    assert m["mode"] == "score"
+    assert m["score_cutoff"] == str(data_end + pd.Timedelta(days=1))
+    # the test cutoff is the last whose whole label window is observed
+    assert m["cutoffs"]["test"] == [str(data_end + pd.Timedelta(days=1) - pd.Timedelta(days=90))]
+    assert scores.churned.isna().all() and len(scores) == m["scored_customers"]
+    assert (
+        abs(len(scores) - active) <= 0.02 * active
+    )  # everyone with a paid order (bar outlier-only buyers)

@@ -68,4 +68,4 @@ def test_index_lists_stages_and_key_figures(tmp_path):
     html = report.write_index(
         tmp_path, manifest, {"churn": {"holdout_roc_auc": 0.8123}}
     ).read_text()
-    assert 'href="04_churn.html"' in html and "holdout ROC AUC: 0.812" in html
+    assert 'href="04_churn.html"' in html and "test ROC AUC: 0.812" in html

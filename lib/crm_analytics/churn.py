@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import ibis.expr.types as ir
@@ -31,6 +32,7 @@ NON_FEATURES: frozenset[str] = frozenset(
         "churned",
         "first_order_ts",
         "last_order_ts",
+        "cutoff",
     }
 )
 """Columns of the churn frame that are not model inputs."""
@@ -137,6 +139,10 @@ class ChurnModel:
         Boosting iterations or solver iterations.
     learning_rate : float, default 0.06
         Boosting learning rate.
+    max_leaf_nodes : int, default 31
+        Leaves per boosting tree.
+    c : float, default 1.0
+        Inverse L2 strength of the logistic regression.
 
     Attributes
     ----------
@@ -147,12 +153,20 @@ class ChurnModel:
     """
 
     def __init__(
-        self, kind: str = "gbm", seed: int = 42, max_iter: int = 200, learning_rate: float = 0.06
+        self,
+        kind: str = "gbm",
+        seed: int = 42,
+        max_iter: int = 200,
+        learning_rate: float = 0.06,
+        max_leaf_nodes: int = 31,
+        c: float = 1.0,
     ) -> None:
         self.kind = kind
         self.seed = seed
         self.max_iter = max_iter
         self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.c = c
 
     def _estimator(self) -> HistGradientBoostingClassifier | Pipeline:
         """Return an unfitted estimator of the chosen kind."""
@@ -160,6 +174,7 @@ class ChurnModel:
             return HistGradientBoostingClassifier(
                 max_iter=self.max_iter,
                 learning_rate=self.learning_rate,
+                max_leaf_nodes=self.max_leaf_nodes,
                 early_stopping=False,
                 random_state=self.seed,
             )
@@ -167,7 +182,7 @@ class ChurnModel:
             return make_pipeline(
                 SimpleImputer(strategy="median"),
                 StandardScaler(),
-                LogisticRegression(max_iter=max(self.max_iter, 500)),
+                LogisticRegression(C=self.c, max_iter=max(self.max_iter, 1000)),
             )
         raise ValueError(f"kind must be 'gbm' or 'logistic', got {self.kind!r}")
 
@@ -225,7 +240,8 @@ def evaluate(y_true: np.ndarray, p: np.ndarray) -> dict[str, float]:
     Returns
     -------
     dict
-        roc_auc, pr_auc, brier, base_rate, top_decile_lift.
+        roc_auc, pr_auc, brier, calibration_error (see :func:`calibration_error`),
+        base_rate, top_decile_lift.
     """
     y = np.asarray(y_true).astype(int)
     p = np.asarray(p, dtype=float)
@@ -236,6 +252,7 @@ def evaluate(y_true: np.ndarray, p: np.ndarray) -> dict[str, float]:
         "roc_auc": float(roc_auc_score(y, p)),
         "pr_auc": float(average_precision_score(y, p)),
         "brier": float(brier_score_loss(y, p)),
+        "calibration_error": calibration_error(y, p),
         "base_rate": base,
         "top_decile_lift": float(y[top].mean() / base) if base > 0 else float("nan"),
     }
@@ -307,6 +324,9 @@ def check_no_leakage(
     for col in full.columns:
         a, b = full[col], past[col]
         same = (a == b) | (a.isna() & b.isna())
+        if pd.api.types.is_float_dtype(a) and pd.api.types.is_float_dtype(b):
+            # parallel float sums may differ in the last bits between two builds
+            same = same | np.isclose(a, b, rtol=1e-9, atol=1e-12)
         if not bool(same.all()):
             leaking.append(col)
     if leaking:
@@ -344,16 +364,22 @@ class CalibratedChurnModel:
         self.seed = seed
 
     def fit(
-        self, train: pd.DataFrame, valid: pd.DataFrame, label_col: str = "churned"
+        self,
+        train: pd.DataFrame,
+        valid: pd.DataFrame,
+        label_col: str = "churned",
+        features: list[str] | None = None,
     ) -> CalibratedChurnModel:
         """Fit the base model on ``train`` and choose a calibration on ``valid``.
 
         Parameters
         ----------
         train, valid : pandas.DataFrame
-            Churn frames of distinct customers.
+            Churn frames of distinct customers (or of different cutoffs).
         label_col : str, default "churned"
             Label column.
+        features : list of str, optional
+            Input columns of the base model (all features by default).
 
         Returns
         -------
@@ -363,7 +389,7 @@ class CalibratedChurnModel:
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.frozen import FrozenEstimator
 
-        self.base.fit(train, label_col)
+        self.base.fit(train, label_col, features)
         a, b = train_test_split(
             valid, test_size=0.5, random_state=self.seed, stratify=valid[label_col]
         )
@@ -478,3 +504,904 @@ def oracle_scores(
     alive_days = (drop.clip(upper=c + pd.Timedelta(days=window_days)) - c).dt.days.clip(lower=0)
     p = np.exp(-t.purchase_rate_per_day.to_numpy(dtype=float) * alive_days.to_numpy(dtype=float))
     return np.where(drop.to_numpy() < c.to_datetime64(), 1.0, p)
+
+
+def calibration_error(y_true: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Return the expected calibration error: mean |observed rate - mean probability| over bins.
+
+    Parameters
+    ----------
+    y_true : array-like of int
+        Observed labels.
+    p : array-like of float
+        Predicted probabilities.
+    bins : int, default 10
+        Equal-width probability bins; each weighs by its share of rows.
+
+    Returns
+    -------
+    float
+        Between 0 (perfectly calibrated) and 1.
+    """
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(p, dtype=float)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        total += inside.mean() * abs(y[inside].mean() - p[inside].mean())
+    return float(total)
+
+
+def evaluation_table(y_true: np.ndarray, scores: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Return :func:`evaluate` for several models, one row each.
+
+    Parameters
+    ----------
+    y_true : array-like of int
+        Observed labels.
+    scores : dict
+        Model name -> churn probabilities.
+
+    Returns
+    -------
+    pandas.DataFrame
+        model and the metrics of :func:`evaluate`, in the order given.
+    """
+    return pd.DataFrame([{"model": name, **evaluate(y_true, p)} for name, p in scores.items()])
+
+
+def gains_curve(y_true: np.ndarray, p: np.ndarray, points: int = 100) -> pd.DataFrame:
+    """Return the cumulative gains curve: churners found when contacting the riskiest first.
+
+    Parameters
+    ----------
+    y_true : array-like of int
+        Observed labels.
+    p : array-like of float
+        Churn scores.
+    points : int, default 100
+        Points of the curve (shares of customers contacted).
+
+    Returns
+    -------
+    pandas.DataFrame
+        share_contacted, share_of_churners_found.
+    """
+    y = np.asarray(y_true, dtype=float)
+    order = np.argsort(-np.asarray(p, dtype=float), kind="stable")
+    found = np.concatenate([[0.0], np.cumsum(y[order])]) / max(y.sum(), 1.0)
+    share = np.linspace(0.0, 1.0, points + 1)
+    idx = np.round(share * len(y)).astype(int)
+    return pd.DataFrame({"share_contacted": share, "share_of_churners_found": found[idx]})
+
+
+def choose_threshold(y_true: np.ndarray, p: np.ndarray) -> float:
+    """Return the probability threshold that maximises F1 (choose it on validation data).
+
+    Parameters
+    ----------
+    y_true : array-like of int
+        Observed labels.
+    p : array-like of float
+        Churn probabilities.
+
+    Returns
+    -------
+    float
+        The threshold; predictions ``p >= threshold`` count as churn.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(np.asarray(y_true, dtype=int), p)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def confusion_table(y_true: np.ndarray, p: np.ndarray, threshold: float) -> pd.DataFrame:
+    """Return the confusion matrix of ``p >= threshold`` as a labelled frame.
+
+    Parameters
+    ----------
+    y_true : array-like of int
+        Observed labels.
+    p : array-like of float
+        Churn probabilities.
+    threshold : float
+        Decision threshold.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows "stayed"/"churned" (actual), columns "predicted stay"/"predicted churn".
+    """
+    from sklearn.metrics import confusion_matrix
+
+    pred = (np.asarray(p, dtype=float) >= threshold).astype(int)
+    m = confusion_matrix(np.asarray(y_true, dtype=int), pred, labels=[0, 1])
+    return pd.DataFrame(
+        m, index=["stayed", "churned"], columns=["predicted stay", "predicted churn"]
+    )
+
+
+def training_cutoffs(
+    cutoff: dt.date | str,
+    window_days: int,
+    n: int,
+    data_start: dt.date | str,
+    min_history_days: int = 90,
+) -> list[dt.date]:
+    """Return earlier cutoffs whose label windows end by ``cutoff``, most recent first.
+
+    Cutoff ``k`` is ``cutoff - k x window_days`` (k = 1..n), kept while it leaves
+    at least ``min_history_days`` of data before it. Their labels are known at
+    ``cutoff``, so a model trained on them can be tested (or used) at ``cutoff``
+    without reading the future.
+
+    Parameters
+    ----------
+    cutoff : date or ISO string
+        The evaluation or scoring cutoff.
+    window_days : int
+        Label window.
+    n : int
+        Most earlier cutoffs wanted.
+    data_start : date or ISO string
+        First day of data.
+    min_history_days : int, default 90
+        History needed before a cutoff for its features to mean something.
+
+    Returns
+    -------
+    list of datetime.date
+        Up to ``n`` cutoffs, newest first (empty when the data is too short).
+    """
+    c = dt.date.fromisoformat(str(cutoff)[:10])
+    start = dt.date.fromisoformat(str(data_start)[:10])
+    out = []
+    for k in range(1, n + 1):
+        ck = c - dt.timedelta(days=k * window_days)
+        if ck - dt.timedelta(days=min_history_days) < start:
+            break
+        out.append(ck)
+    return out
+
+
+@dataclass(frozen=True)
+class ChurnSplit:
+    """Training, validation and test customers of one churn evaluation.
+
+    Attributes
+    ----------
+    train, valid : pandas.DataFrame
+        Labelled frames: models fit on ``train``, hyper-parameters, calibration
+        and the decision threshold are chosen on ``valid``.
+    test : pandas.DataFrame
+        Frame at the test cutoff (labelled in evaluate mode, unlabelled when scoring).
+    design : str
+        "temporal" (train on earlier cutoffs, validate on the latest earlier one),
+        "temporal, customer validation" (one earlier cutoff, split by customers)
+        or "customer holdout" (no earlier cutoff fits in the data, or no dates).
+    cutoffs : dict
+        "train", "valid" and "test" cutoffs (ISO dates; empty without dates).
+    """
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    design: str
+    cutoffs: dict[str, list[str]]
+
+
+def split_by_time(
+    frame_at: Callable[[dt.date, bool], pd.DataFrame],
+    cutoff: dt.date | str,
+    window_days: int,
+    n_training_cutoffs: int,
+    data_start: dt.date | str,
+    min_history_days: int = 90,
+    test_size: float = 0.25,
+    seed: int = 42,
+    labelled_test: bool = True,
+    max_train_rows: int | None = None,
+) -> ChurnSplit:
+    """Build the train/validation/test frames for a cutoff, without reading its label window.
+
+    Training uses the earlier cutoffs of :func:`training_cutoffs`: with two or
+    more, the newest validates and the others train; with one, its customers
+    are split into train and validation; with none (short data), the frame at
+    ``cutoff`` itself is split by customers and the design says so.
+
+    Parameters
+    ----------
+    frame_at : callable
+        ``frame_at(cutoff, labelled)`` returns the churn frame at a cutoff
+        (e.g. :func:`crm_analytics.features.churn_frame` materialised).
+    cutoff : date or ISO string
+        Test (or scoring) cutoff.
+    window_days : int
+        Label window.
+    n_training_cutoffs : int
+        Earlier cutoffs the models are trained on; one more, the newest, validates.
+    data_start : date or ISO string
+        First day of data.
+    min_history_days : int, default 90
+        See :func:`training_cutoffs`.
+    test_size : float, default 0.25
+        Share of customers held out when the design falls back to a customer holdout.
+    seed : int, default 42
+        Seed of customer splits.
+    labelled_test : bool, default True
+        False when scoring: the test frame has no labels yet.
+    max_train_rows : int, optional
+        Sample the training rows down to this many (seeded), to bound the
+        time on large data; the validation and test frames are never sampled.
+
+    Returns
+    -------
+    ChurnSplit
+        The frames and the design used.
+
+    Raises
+    ------
+    ValueError
+        If scoring is asked for and no earlier cutoff fits in the data.
+    """
+    c = dt.date.fromisoformat(str(cutoff)[:10])
+    earlier = training_cutoffs(c, window_days, n_training_cutoffs + 1, data_start, min_history_days)
+    test = frame_at(c, labelled_test)
+    if len(earlier) >= 2:
+        valid = frame_at(earlier[0], True)
+        train = pd.concat([frame_at(e, True) for e in earlier[1:]], ignore_index=True)
+        if max_train_rows and len(train) > max_train_rows:
+            train = train.sample(max_train_rows, random_state=seed, ignore_index=True)
+        return ChurnSplit(train, valid, test, "temporal", {
+            "train": [str(e) for e in earlier[1:]], "valid": [str(earlier[0])], "test": [str(c)]})  # fmt: skip
+    if len(earlier) == 1:
+        train, valid = holdout_split(frame_at(earlier[0], True), 0.25, seed)
+        return ChurnSplit(train, valid, test, "temporal, customer validation", {
+            "train": [str(earlier[0])], "valid": [str(earlier[0])], "test": [str(c)]})  # fmt: skip
+    if not labelled_test:
+        raise ValueError(
+            f"no earlier cutoff with a full {window_days}-day label window and "
+            f"{min_history_days} days of history fits between {data_start} and {c}; "
+            "cannot train a model to score now"
+        )
+    train, valid, test = split_customers(test, test_size, seed)
+    return ChurnSplit(train, valid, test, "customer holdout",
+                      {"train": [str(c)], "valid": [str(c)], "test": [str(c)]})  # fmt: skip
+
+
+def split_customers(
+    frame: pd.DataFrame, test_size: float = 0.25, seed: int = 42, label_col: str = "churned"
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Split one labelled frame into train, validation and test customers (stratified).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Labelled churn frame.
+    test_size : float, default 0.25
+        Share held out for the test; a quarter of the rest validates.
+    seed : int, default 42
+        Random seed.
+    label_col : str, default "churned"
+        Label column.
+
+    Returns
+    -------
+    tuple of pandas.DataFrame
+        (train, valid, test).
+    """
+    rest, test = holdout_split(frame, test_size, seed, label_col)
+    train, valid = holdout_split(rest, 0.25, seed, label_col)
+    return train, valid, test
+
+
+def tune_gbm(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    learning_rates: tuple[float, ...] = (0.05, 0.1),
+    max_leaf_nodes: tuple[int, ...] = (15, 31),
+    max_iter: int = 300,
+    seed: int = 42,
+    label_col: str = "churned",
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Choose gradient-boosting hyper-parameters by log loss on the validation frame.
+
+    Each (learning rate, leaves) pair is fitted once with ``max_iter`` trees; the
+    number of trees is chosen from its staged predictions on ``valid``.
+
+    Parameters
+    ----------
+    train, valid : pandas.DataFrame
+        Labelled frames.
+    learning_rates, max_leaf_nodes : tuple
+        Grid.
+    max_iter : int, default 300
+        Most trees.
+    seed : int, default 42
+        Random seed.
+    label_col : str, default "churned"
+        Label column.
+
+    Returns
+    -------
+    tuple
+        (best parameters for :class:`ChurnModel`, table of every candidate with its
+        validation log loss and ROC AUC).
+    """
+    from sklearn.metrics import log_loss
+
+    features = feature_columns(train)
+    xt, yt = train[features].astype(float), train[label_col].astype(int)
+    xv, yv = valid[features].astype(float), valid[label_col].astype(int)
+    rows = []
+    for lr in learning_rates:
+        for leaves in max_leaf_nodes:
+            m = ChurnModel("gbm", seed, max_iter, lr, leaves)._estimator().fit(xt, yt)
+            losses = [log_loss(yv, p[:, 1], labels=[0, 1]) for p in m.staged_predict_proba(xv)]
+            best = int(np.argmin(losses))
+            p = list(m.staged_predict_proba(xv))[best][:, 1]
+            rows.append({"model": "gbm", "learning_rate": lr, "max_leaf_nodes": leaves,
+                         "max_iter": best + 1, "valid_log_loss": float(losses[best]),
+                         "valid_roc_auc": float(roc_auc_score(yv, p))})  # fmt: skip
+    table = pd.DataFrame(rows)
+    top = table.loc[table.valid_log_loss.idxmin()]
+    params = {"kind": "gbm", "learning_rate": float(top.learning_rate),
+              "max_leaf_nodes": int(top.max_leaf_nodes), "max_iter": int(top.max_iter)}  # fmt: skip
+    return params, table
+
+
+def tune_logistic(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0),
+    seed: int = 42,
+    label_col: str = "churned",
+    features: list[str] | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Choose the logistic regression's L2 strength by log loss on the validation frame.
+
+    Parameters
+    ----------
+    train, valid : pandas.DataFrame
+        Labelled frames.
+    cs : tuple of float
+        Inverse regularisation strengths tried.
+    seed : int, default 42
+        Random seed.
+    label_col : str, default "churned"
+        Label column.
+    features : list of str, optional
+        Input columns (all features by default).
+
+    Returns
+    -------
+    tuple
+        (best parameters for :class:`ChurnModel`, table of candidates).
+    """
+    from sklearn.metrics import log_loss
+
+    rows = []
+    for c in cs:
+        m = ChurnModel("logistic", seed, c=c).fit(train, label_col, features)
+        p = m.predict_proba(valid)
+        rows.append({"model": "logistic", "c": c,
+                     "valid_log_loss": float(log_loss(valid[label_col].astype(int), p, labels=[0, 1])),
+                     "valid_roc_auc": float(roc_auc_score(valid[label_col].astype(int), p))})  # fmt: skip
+    table = pd.DataFrame(rows)
+    top = table.loc[table.valid_log_loss.idxmin()]
+    return {"kind": "logistic", "c": float(top.c)}, table
+
+
+MODEL_NAMES: dict[str, str] = {"gbm": "gradient boosting", "logistic": "logistic regression"}
+"""Display names of the model kinds."""
+
+
+class ChurnModelSet:
+    """Gradient boosting, logistic regression and a one-feature baseline, tuned and calibrated.
+
+    Hyper-parameters are chosen on the validation frame (:func:`tune_gbm`,
+    :func:`tune_logistic`), then each model is calibrated on it
+    (:class:`CalibratedChurnModel`). The best model is the one with the lower
+    validation log loss; its F1-optimal threshold on validation is the decision
+    threshold.
+
+    Parameters
+    ----------
+    baseline_feature : str, default "recency_days"
+        Feature of the one-feature logistic baseline ("recency only").
+    learning_rates, max_leaf_nodes : tuple
+        Gradient-boosting grid.
+    max_iter : int, default 300
+        Most boosting trees.
+    logistic_c : tuple of float
+        Logistic-regression grid.
+    seed : int, default 42
+        Random seed.
+    params : dict, optional
+        Fixed hyper-parameters per kind (skip tuning; e.g. reuse in a backtest).
+
+    Attributes
+    ----------
+    params_ : dict
+        Hyper-parameters per kind.
+    tuning_ : pandas.DataFrame
+        Validation scores of every candidate (empty when ``params`` was given).
+    models_ : dict
+        Display name -> fitted :class:`CalibratedChurnModel`.
+    best_ : str
+        Display name of the best model.
+    threshold_ : float
+        Decision threshold of the best model.
+    """
+
+    def __init__(
+        self,
+        baseline_feature: str = "recency_days",
+        learning_rates: tuple[float, ...] = (0.05, 0.1),
+        max_leaf_nodes: tuple[int, ...] = (15, 31),
+        max_iter: int = 300,
+        logistic_c: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0),
+        seed: int = 42,
+        params: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.baseline_feature = baseline_feature
+        self.learning_rates = learning_rates
+        self.max_leaf_nodes = max_leaf_nodes
+        self.max_iter = max_iter
+        self.logistic_c = logistic_c
+        self.seed = seed
+        self.params = params
+
+    @property
+    def baseline_name(self) -> str:
+        """Display name of the one-feature baseline."""
+        return f"{self.baseline_feature.removesuffix('_days')} only"
+
+    def fit(
+        self, train: pd.DataFrame, valid: pd.DataFrame, label_col: str = "churned"
+    ) -> ChurnModelSet:
+        """Tune, fit and calibrate every model.
+
+        Parameters
+        ----------
+        train, valid : pandas.DataFrame
+            Labelled frames of the split.
+        label_col : str, default "churned"
+            Label column.
+
+        Returns
+        -------
+        ChurnModelSet
+            self.
+
+        Raises
+        ------
+        ValueError
+            If the baseline feature is missing.
+        """
+        from sklearn.metrics import log_loss
+
+        if self.baseline_feature not in train.columns:
+            raise ValueError(f"missing column {self.baseline_feature!r}")
+        if self.params is None:
+            gbm, t1 = tune_gbm(train, valid, self.learning_rates, self.max_leaf_nodes,
+                               self.max_iter, self.seed, label_col)  # fmt: skip
+            logit, t2 = tune_logistic(train, valid, self.logistic_c, self.seed, label_col)
+            self.params_ = {"gbm": gbm, "logistic": logit}
+            self.tuning_ = pd.concat([t1, t2], ignore_index=True)
+        else:
+            self.params_ = self.params
+            self.tuning_ = pd.DataFrame()
+        self.models_: dict[str, CalibratedChurnModel] = {}
+        loss = {}
+        for kind, p in self.params_.items():
+            base = ChurnModel(**{**p, "seed": self.seed})
+            m = CalibratedChurnModel(base, self.seed).fit(train, valid, label_col)
+            self.models_[MODEL_NAMES[kind]] = m
+            loss[MODEL_NAMES[kind]] = log_loss(
+                valid[label_col].astype(int), m.predict_proba(valid), labels=[0, 1]
+            )
+        base = ChurnModel("logistic", self.seed)
+        self.models_[self.baseline_name] = CalibratedChurnModel(base, self.seed).fit(
+            train, valid, label_col, features=[self.baseline_feature]
+        )
+        self.best_ = min(loss, key=lambda k: loss[k])
+        best = self.models_[self.best_]
+        self.threshold_ = choose_threshold(valid[label_col], best.predict_proba(valid))
+        return self
+
+    def predict_proba(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Return every model's churn probabilities.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            Rows with the features.
+
+        Returns
+        -------
+        dict
+            Display name -> probabilities.
+        """
+        return {name: m.predict_proba(frame) for name, m in self.models_.items()}
+
+
+def bgnbd_churn_scores(
+    summary: pd.DataFrame,
+    customer_ids: pd.Series,
+    window_days: int,
+    time_unit_days: int = 7,
+    penalizer: float = 0.001,
+) -> np.ndarray:
+    """Return the BG/NBD probability of no purchase in the label window (a churn baseline).
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        :func:`crm_analytics.features.clv_summary` at the cutoff, in units of
+        ``time_unit_days``.
+    customer_ids : pandas.Series
+        Customers to score, in order.
+    window_days : int
+        Label window.
+    time_unit_days : int, default 7
+        Unit of the summary.
+    penalizer : float, default 0.001
+        L2 penalty of the fit.
+
+    Returns
+    -------
+    numpy.ndarray
+        Probabilities aligned with ``customer_ids`` (NaN for a customer absent from
+        the summary).
+    """
+    from crm_analytics.clv import CLVModel
+
+    unit = "W" if time_unit_days == 7 else "D"
+    model = CLVModel("bgnbd", penalizer=penalizer, time_unit=unit).fit(summary)
+    p = pd.Series(model.probability_no_purchase(summary, window_days / time_unit_days),
+                  index=summary.customer_id.to_numpy())  # fmt: skip
+    return p.reindex(customer_ids.to_numpy()).to_numpy(dtype=float)
+
+
+def backtest_origins(cutoff: dt.date | str, n: int, step_days: int) -> list[dt.date]:
+    """Return ``n`` backtest cutoffs ending at ``cutoff``, ``step_days`` apart, oldest first.
+
+    Parameters
+    ----------
+    cutoff : date or ISO string
+        The latest origin.
+    n : int
+        Number of origins.
+    step_days : int
+        Days between origins.
+
+    Returns
+    -------
+    list of datetime.date
+        Origins.
+    """
+    c = dt.date.fromisoformat(str(cutoff)[:10])
+    return [c - dt.timedelta(days=k * step_days) for k in range(n - 1, -1, -1)]
+
+
+def rolling_backtest(
+    origins: list[dt.date],
+    split_at: Callable[[dt.date], ChurnSplit],
+    models: Callable[[], ChurnModelSet],
+    extra_scores: Callable[[ChurnSplit], dict[str, np.ndarray]] | None = None,
+    label_col: str = "churned",
+) -> pd.DataFrame:
+    """Refit and evaluate at each origin (rolling origin), one row per origin and model.
+
+    Parameters
+    ----------
+    origins : list of date
+        Test cutoffs (see :func:`backtest_origins`).
+    split_at : callable
+        Origin -> :class:`ChurnSplit` (e.g. :func:`split_by_time` with its settings bound).
+    models : callable
+        Returns an unfitted :class:`ChurnModelSet` (fixed hyper-parameters keep it fast).
+    extra_scores : callable, optional
+        Split -> further scores of its test frame (e.g. the BG/NBD baseline).
+    label_col : str, default "churned"
+        Label column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        origin, design, model, customers and the metrics of :func:`evaluate`.
+    """
+    rows = []
+    for origin in origins:
+        split = split_at(origin)
+        fitted = models().fit(split.train, split.valid, label_col)
+        scores = fitted.predict_proba(split.test)
+        if extra_scores is not None:
+            scores |= extra_scores(split)
+        y = split.test[label_col].astype(int).to_numpy()
+        for name, p in scores.items():
+            known = ~np.isnan(p)
+            rows.append({"origin": str(origin), "design": split.design, "model": name,
+                         "customers": int(known.sum()), **evaluate(y[known], p[known])})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def backtest_summary(backtest: pd.DataFrame, metrics: tuple[str, ...] = ("roc_auc", "pr_auc",
+                     "brier", "top_decile_lift", "calibration_error")) -> pd.DataFrame:  # fmt: skip
+    """Return the mean, standard deviation, minimum and maximum of each metric per model.
+
+    Parameters
+    ----------
+    backtest : pandas.DataFrame
+        :func:`rolling_backtest` output.
+    metrics : tuple of str
+        Metric columns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model (in first-seen order), columns ``<metric>_mean``,
+        ``_std``, ``_min``, ``_max`` and ``origins``.
+    """
+    g = backtest.groupby("model", sort=False)[list(metrics)]
+    out = g.agg(["mean", "std", "min", "max"])
+    out.columns = [f"{m}_{s}" for m, s in out.columns]
+    out["origins"] = backtest.groupby("model", sort=False).size()
+    return out.reset_index()
+
+
+FEATURE_LABELS: dict[str, str] = {
+    "recency_days": "days since last order",
+    "frequency": "paid orders",
+    "monetary_total": "total spend",
+    "monetary_mean": "average order value",
+    "tenure_days": "days as a customer",
+    "orders_recent": "orders in the activity window",
+    "n_refunds": "refunds",
+    "refund_share": "share of orders refunded",
+    "events_recent": "web/app events in the activity window",
+    "n_tickets": "support tickets",
+    "tickets_recent": "recent support tickets",
+    "mean_satisfaction": "ticket satisfaction",
+    "mean_nps": "NPS answer",
+    "mean_csat": "CSAT answer",
+    "gap_mean_days": "average days between purchases",
+    "gap_std_days": "variability of days between purchases",
+    "gap_last_days": "days between the last two purchases",
+    "views": "product views",
+    "cart_adds": "add-to-cart events",
+    "abandoned_cart_days": "days with an abandoned cart",
+    "browsed_not_bought": "categories browsed but not bought",
+    "age_years": "age",
+    "consent": "marketing consent",
+}
+"""Plain-language names of churn features, for reasons and importance tables."""
+
+
+def feature_label(name: str) -> str:
+    """Return the plain-language name of a churn feature (the column name when unknown).
+
+    Parameters
+    ----------
+    name : str
+        Feature column.
+
+    Returns
+    -------
+    str
+        Label.
+    """
+    if name in FEATURE_LABELS:
+        return FEATURE_LABELS[name]
+    for prefix, text in (("orders_trend_", "order-rate change, last "), ("orders_", "orders, last "),
+                         ("spend_", "spend, last "), ("share_", "share of orders via "),
+                         ("cat_", "share of purchases in "), ("gender_", "gender ")):  # fmt: skip
+        if name.startswith(prefix):
+            rest = name.removeprefix(prefix)
+            return text + (rest.replace("d", " days") if rest[:-1].isdigit() else rest)
+    return name
+
+
+def permutation_importance_table(
+    model: CalibratedChurnModel,
+    frame: pd.DataFrame,
+    n_repeats: int = 5,
+    seed: int = 42,
+    max_rows: int = 5000,
+    label_col: str = "churned",
+) -> pd.DataFrame:
+    """Return the drop in ROC AUC when each feature is shuffled (on holdout rows).
+
+    Calibration is monotone, so the base model's ranking is what is measured.
+
+    Parameters
+    ----------
+    model : CalibratedChurnModel
+        Fitted model.
+    frame : pandas.DataFrame
+        Labelled holdout frame.
+    n_repeats : int, default 5
+        Shuffles per feature.
+    seed : int, default 42
+        Random seed (also of the row sample).
+    max_rows : int, default 5000
+        Rows sampled from ``frame`` to bound the time.
+    label_col : str, default "churned"
+        Label column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        feature, label, importance (mean AUC drop), importance_std; largest first.
+    """
+    from sklearn.inspection import permutation_importance
+
+    rows = frame.sample(min(max_rows, len(frame)), random_state=seed)
+    features = model.base.features_
+    r = permutation_importance(
+        model.base.estimator_, rows[features].astype(float), rows[label_col].astype(int),
+        scoring="roc_auc", n_repeats=n_repeats, random_state=seed,
+    )  # fmt: skip
+    out = pd.DataFrame({"feature": features, "label": [feature_label(f) for f in features],
+                        "importance": r.importances_mean, "importance_std": r.importances_std})  # fmt: skip
+    return out.sort_values(["importance", "feature"], ascending=[False, True], ignore_index=True)
+
+
+def top_reasons(
+    model: CalibratedChurnModel,
+    frame: pd.DataFrame,
+    reference: pd.Series,
+    k: int = 3,
+    min_points: float = 1.0,
+) -> pd.Series:
+    """Return each customer's top reasons for their churn risk, in words.
+
+    For every feature, the customer's probability is recomputed with that feature
+    set to the ``reference`` value (e.g. the training median); the features whose
+    own value raises the risk most are the reasons, with the rise in percentage points.
+
+    Parameters
+    ----------
+    model : CalibratedChurnModel
+        Fitted model.
+    frame : pandas.DataFrame
+        Customers to explain (rows with the model's features).
+    reference : pandas.Series
+        Feature -> typical value.
+    k : int, default 3
+        Reasons per customer.
+    min_points : float, default 1.0
+        Smallest rise, in percentage points, reported as a reason.
+
+    Returns
+    -------
+    pandas.Series
+        One string per row, e.g. "days since last order 212 (+31 pts); ...";
+        empty when nothing raises the risk by ``min_points``.
+    """
+    features = model.base.features_
+    p = model.predict_proba(frame)
+    x = frame[features].astype(float).reset_index(drop=True)
+    rises = np.zeros((len(x), len(features)))
+    for j, f in enumerate(features):
+        ref = reference.get(f, np.nan)
+        if pd.isna(ref):
+            continue
+        changed = x.copy()
+        changed[f] = float(ref)
+        rises[:, j] = (p - model.predict_proba(changed)) * 100
+    order = np.argsort(-rises, axis=1)[:, :k]
+    out = []
+    for i in range(len(x)):
+        parts = []
+        for j in order[i]:
+            if rises[i, j] < min_points:
+                break
+            v = x.iat[i, j]
+            shown = "missing" if pd.isna(v) else (f"{v:,.0f}" if abs(v) >= 10 else f"{v:,.2g}")
+            parts.append(f"{feature_label(features[j])} {shown} (+{rises[i, j]:.0f} pts)")
+        out.append("; ".join(parts))
+    return pd.Series(out, index=frame.index, name="top_reasons")
+
+
+def frame_source(
+    tables: dict[str, ir.Table],
+    window_days: int,
+    categories: list[str] | None = None,
+    windows: tuple[int, ...] = (30, 90, 180),
+    activity_window_days: int = 90,
+) -> Callable[[dt.date, bool], pd.DataFrame]:
+    """Return ``frame_at(cutoff, labelled)``: churn frames built in the store, cached per cutoff.
+
+    Parameters
+    ----------
+    tables : dict
+        Clean tables (see :func:`crm_analytics.features.churn_features`).
+    window_days : int
+        Label window.
+    categories : list of str, optional
+        Category-mix columns.
+    windows, activity_window_days
+        See :func:`crm_analytics.features.churn_features`.
+
+    Returns
+    -------
+    callable
+        Cutoff, labelled -> pandas frame sorted by customer_id.
+    """
+    from crm_analytics.features import churn_frame
+
+    cache: dict[tuple[str, bool], pd.DataFrame] = {}
+
+    def frame_at(cutoff: dt.date, labelled: bool = True) -> pd.DataFrame:
+        key = (str(cutoff)[:10], labelled)
+        if key not in cache:
+            expr = churn_frame(tables, key[0], window_days, categories, labelled, windows,
+                               activity_window_days)  # fmt: skip
+            cache[key] = expr.to_pandas().sort_values("customer_id", ignore_index=True)
+        return cache[key]
+
+    return frame_at
+
+
+def customer_split_at(frame: pd.DataFrame, test_size: float = 0.25) -> Callable[[int], ChurnSplit]:
+    """Return ``split_at(seed)``: a stratified customer split, for data without dates.
+
+    Used by :func:`rolling_backtest` on contractual data, where the "origins" are
+    seeds of repeated holdouts.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Labelled frame.
+    test_size : float, default 0.25
+        Share held out.
+
+    Returns
+    -------
+    callable
+        Seed -> :class:`ChurnSplit` with design "customer holdout".
+    """
+
+    def split_at(seed: int) -> ChurnSplit:
+        train, valid, test = split_customers(frame, test_size, seed)
+        return ChurnSplit(train, valid, test, "customer holdout", {"seed": [str(seed)]})
+
+    return split_at
+
+
+def bgnbd_scorer(
+    orders: ir.Table, window_days: int, time_unit_days: int = 7, penalizer: float = 0.001
+) -> Callable[[ChurnSplit], dict[str, np.ndarray]]:
+    """Return a function giving the BG/NBD baseline for a split's test customers.
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders.
+    window_days : int
+        Label window.
+    time_unit_days : int, default 7
+        Time unit of the purchase model.
+    penalizer : float, default 0.001
+        L2 penalty.
+
+    Returns
+    -------
+    callable
+        Split -> {"BG/NBD": probabilities of no purchase in the window}, fitted
+        on data before the split's test cutoff.
+    """
+    from crm_analytics.features import clv_summary
+
+    def score(split: ChurnSplit) -> dict[str, np.ndarray]:
+        cutoff = split.cutoffs["test"][0]
+        summary = clv_summary(orders, cutoff, time_unit_days).to_pandas()
+        return {"BG/NBD": bgnbd_churn_scores(summary, split.test.customer_id, window_days,
+                                             time_unit_days, penalizer)}  # fmt: skip
+
+    return score

@@ -249,6 +249,38 @@ class CLVModel:
             m.conditional_probability_alive(summary.frequency, summary.recency, summary["T"])
         )
 
+    def probability_no_purchase(self, summary: pd.DataFrame, periods: float) -> np.ndarray:
+        """Return the probability that each customer makes no purchase in the next ``periods``.
+
+        BG/NBD: a customer alive at the end of observation cannot drop out before
+        the next purchase, so ``P(0) = (1 - p_alive) + p_alive ((alpha+T)/(alpha+T+t))^(r+x)``
+        (the Gamma posterior of the purchase rate). Pareto/NBD: lifetimes'
+        ``conditional_probability_of_n_purchases_up_to_time`` with n = 0.
+
+        Parameters
+        ----------
+        summary : pandas.DataFrame
+            frequency, recency, T.
+        periods : float
+            Horizon in ``time_unit``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Probabilities in [0, 1].
+        """
+        _require(summary, ["frequency", "recency", "T"])
+        m = self.purchase_model_
+        if self.purchase_model == "pareto":
+            return np.asarray(m.conditional_probability_of_n_purchases_up_to_time(
+                0, periods, summary.frequency, summary.recency, summary["T"]), dtype=float)  # fmt: skip
+        r, alpha = float(m.params_["r"]), float(m.params_["alpha"])
+        x = summary.frequency.to_numpy(dtype=float)
+        t_obs = summary["T"].to_numpy(dtype=float)
+        alive = self.probability_alive(summary)
+        stay_quiet = ((alpha + t_obs) / (alpha + t_obs + periods)) ** (r + x)
+        return np.clip((1.0 - alive) + alive * stay_quiet, 0.0, 1.0)
+
     def expected_spend(self, summary: pd.DataFrame) -> np.ndarray:
         """Return the expected spend per purchase (Gamma-Gamma; population mean for one-time buyers).
 

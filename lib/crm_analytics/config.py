@@ -26,6 +26,12 @@ NOTEBOOKS: dict[str, str] = {
 }
 """Notebook file of each stage, inside ``notebooks/``."""
 
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {
+    "segment": ("orders",),
+    "forecast": ("orders",),
+}
+"""Clean tables (with at least one row) a stage needs; without them the runner skips it."""
+
 NON_STAGE_SECTIONS: tuple[str, ...] = ("generate",)
 """Top-level sections that are not passed to notebooks."""
 

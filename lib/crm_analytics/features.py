@@ -502,14 +502,14 @@ def event_signals(
     -------
     ibis Table
         customer_id, views, cart_adds, abandoned_cart_days (days with an add-to-cart
-        and no paid order that day or the next), browsed_not_bought (categories
+        and no paid order that day or the next before the cutoff), browsed_not_bought (categories
         viewed three times or more but not bought in the window), top_browsed_category.
     """
     c = _ts(cutoff)
     start = c - ibis.interval(days=window_days)
     ev = events.filter((events.ts >= start) & (events.ts < c))
     paid = paid_orders(orders)
-    paid = paid.filter((paid.order_ts >= start) & (paid.order_ts < c + ibis.interval(days=1)))
+    paid = paid.filter((paid.order_ts >= start) & (paid.order_ts < c))
     base = ev.group_by("customer_id").aggregate(
         views=(ev.event_type == "view").sum().cast("int64"),
         cart_adds=(ev.event_type == "add_to_cart").sum().cast("int64"),
@@ -614,3 +614,266 @@ def customer_features_of(tables: dict[str, ir.Table], cutoff: dt.date | str) -> 
         tables["orders"], cutoff, tables.get("customers"), tables.get("events"),
         tables.get("tickets"), tables.get("surveys"),
     )  # fmt: skip
+
+
+def purchase_dynamics(
+    orders: ir.Table, cutoff: dt.date | str, windows: tuple[int, ...] = (30, 90, 180)
+) -> ir.Table:
+    """Return recent-activity trends and inter-purchase gaps per customer, before ``cutoff``.
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders (paid, non-outlier orders count; see :func:`paid_orders`).
+    cutoff : date or ISO string
+        Rows strictly before it.
+    windows : tuple of int, default (30, 90, 180)
+        Recent windows in days.
+
+    Returns
+    -------
+    ibis Table
+        customer_id; per window ``w``: ``orders_{w}d``, ``spend_{w}d`` and
+        ``orders_trend_{w}d`` (orders per year in the window minus orders per
+        year before it; null when the customer has no history before the window);
+        ``gap_mean_days``, ``gap_std_days`` and ``gap_last_days`` between
+        distinct purchase days (null with fewer than two or three purchase days).
+    """
+    _require(orders, ["customer_id", "order_ts", "amount", "status"], "orders")
+    c = _ts(cutoff)
+    paid = paid_orders(orders)
+    paid = paid.filter(paid.order_ts < c)
+    aggs: dict[str, ir.Value] = {"_n": paid.count(), "_first": paid.order_ts.min()}
+    for w in windows:
+        inside = paid.order_ts >= c - ibis.interval(days=w)
+        aggs[f"orders_{w}d"] = inside.sum().cast("int64")
+        aggs[f"spend_{w}d"] = inside.ifelse(paid.amount, 0.0).sum().cast("float64")
+    out = paid.group_by("customer_id").aggregate(**aggs)
+    trends = {}
+    for w in windows:
+        before_days = (c - ibis.interval(days=w)).date().delta(out._first.date(), unit="day")
+        rate_in = out[f"orders_{w}d"].cast("float64") * 365.0 / w
+        rate_before = (out._n - out[f"orders_{w}d"]).cast("float64") * 365.0 / before_days
+        trends[f"orders_trend_{w}d"] = (before_days > 0).ifelse(rate_in - rate_before, ibis.null())
+    out = out.mutate(**trends).drop("_n", "_first")
+
+    days = paid.select("customer_id", day=paid.order_ts.date()).distinct()
+    prev = days.day.lag().over(group_by=days.customer_id, order_by=days.day)
+    days = days.mutate(gap=days.day.delta(prev, unit="day").cast("float64"))
+    days = days.filter(days.gap.notnull())
+    gaps = days.group_by("customer_id").aggregate(
+        gap_mean_days=days.gap.mean(),
+        gap_std_days=days.gap.std(),
+        gap_last_days=days.gap.argmax(days.day),
+    )
+    out = out.left_join(gaps, "customer_id").drop("customer_id_right")
+    return out
+
+
+def top_categories(
+    orders: ir.Table, order_items: ir.Table, cutoff: dt.date | str, n: int = 12
+) -> list[str]:
+    """Return the ``n`` categories with most paid order lines before ``cutoff``.
+
+    Parameters
+    ----------
+    orders, order_items : ibis Table
+        Clean orders and lines.
+    cutoff : date or ISO string
+        Lines of orders strictly before it.
+    n : int, default 12
+        How many.
+
+    Returns
+    -------
+    list of str
+        Category names, most frequent first (ties by name).
+    """
+    paid = paid_orders(orders)
+    paid = paid.filter(paid.order_ts < _ts(cutoff)).select("order_id")
+    lines = order_items.join(paid, "order_id").filter(order_items.category.notnull())
+    counts = lines.group_by("category").aggregate(n=lines.count())
+    top = counts.order_by([ibis.desc("n"), "category"]).limit(n).to_pandas()
+    return [str(c) for c in top.category]
+
+
+def churn_features(
+    tables: dict[str, ir.Table],
+    cutoff: dt.date | str,
+    categories: list[str] | None = None,
+    windows: tuple[int, ...] = (30, 90, 180),
+    activity_window_days: int = 90,
+) -> ir.Table:
+    """Return every churn-model input per customer, from data strictly before ``cutoff``.
+
+    :func:`customer_features` (RFM, tenure, channel mix, refunds, events,
+    tickets, survey scores) plus :func:`purchase_dynamics` (trends over the
+    ``windows`` and inter-purchase gaps), the refund share, recent tickets, web/app
+    signals (:func:`event_signals`), the category mix (:func:`category_mix`) and
+    demographics (age, gender, consent). Tables that are absent are skipped.
+
+    Parameters
+    ----------
+    tables : dict
+        Clean tables: ``orders`` required; ``customers``, ``order_items``,
+        ``events``, ``tickets`` and ``surveys`` used when present.
+    cutoff : date or ISO string
+        The cutoff.
+    categories : list of str, optional
+        Categories of the mix columns (``cat_<name>``); none when omitted. Pass
+        a fixed list (e.g. :func:`top_categories` at the cutoff) so that the
+        columns do not depend on later data.
+    windows : tuple of int, default (30, 90, 180)
+        Trend windows in days.
+    activity_window_days : int, default 90
+        Window of the recent event, ticket and web/app counts.
+
+    Returns
+    -------
+    ibis Table
+        One row per customer who signed up (or bought) before the cutoff.
+    """
+    orders = tables["orders"]
+    customers = tables.get("customers")
+    events, tickets = tables.get("events"), tables.get("tickets")
+    c = _ts(cutoff)
+    out = customer_features(
+        orders, cutoff, customers, events, tickets, tables.get("surveys"),
+        activity_window_days=activity_window_days,
+    )  # fmt: skip
+    out = out.left_join(purchase_dynamics(orders, cutoff, windows), "customer_id").drop(
+        "customer_id_right"
+    )
+    fills = {f"orders_{w}d": 0 for w in windows} | {f"spend_{w}d": 0.0 for w in windows}
+    out = out.mutate(
+        **{k: out[k].fill_null(v) for k, v in fills.items()},
+        refund_share=out.n_refunds.cast("float64")
+        / ibis.greatest(out.frequency + out.n_refunds, 1).cast("float64"),
+    )
+    if tickets is not None:
+        tk = tickets.filter(
+            (tickets.opened_at < c)
+            & (tickets.opened_at >= c - ibis.interval(days=activity_window_days))
+        )
+        recent = tk.group_by("customer_id").aggregate(tickets_recent=tk.count())
+        out = out.left_join(recent, "customer_id").drop("customer_id_right")
+        out = out.mutate(tickets_recent=out.tickets_recent.fill_null(0).cast("int64"))
+    items = tables.get("order_items")
+    if events is not None and items is not None:
+        sig = event_signals(events, orders, items, cutoff, activity_window_days).drop(
+            "top_browsed_category"
+        )
+        out = out.left_join(sig, "customer_id").drop("customer_id_right")
+        out = out.mutate(
+            **{
+                k: out[k].fill_null(0)
+                for k in ("views", "cart_adds", "abandoned_cart_days", "browsed_not_bought")
+            }
+        )
+    if items is not None and categories:
+        mix = category_mix(orders, items, cutoff, categories)
+        out = out.left_join(mix, "customer_id").drop("customer_id_right")
+        out = out.mutate(**{f"cat_{k}": out[f"cat_{k}"].fill_null(0.0) for k in categories})
+    if customers is not None:
+        demo = customers.select(
+            "customer_id",
+            age_years=(c.date().delta(customers.birth_date.cast("date"), unit="day") / 365.25)
+            .floor()
+            .cast("float64"),
+            gender_f=(customers.gender == "F").ifelse(1, 0).fill_null(0).cast("int8"),
+            gender_m=(customers.gender == "M").ifelse(1, 0).fill_null(0).cast("int8"),
+            consent=customers.consent_marketing.ifelse(1, 0).fill_null(0).cast("int8"),
+        )
+        out = out.left_join(demo, "customer_id").drop("customer_id_right")
+    return out
+
+
+def churn_frame(
+    tables: dict[str, ir.Table],
+    cutoff: dt.date | str,
+    window_days: int,
+    categories: list[str] | None = None,
+    labelled: bool = True,
+    windows: tuple[int, ...] = (30, 90, 180),
+    activity_window_days: int = 90,
+) -> ir.Table:
+    """Return the churn features of the customers active at ``cutoff``, with their label.
+
+    Parameters
+    ----------
+    tables : dict
+        Clean tables (see :func:`churn_features`).
+    cutoff : date or ISO string
+        The cutoff.
+    window_days : int
+        Label window (see :func:`churn_labels`).
+    categories : list of str, optional
+        Category-mix columns.
+    labelled : bool, default True
+        Join the label; when False (scoring now, the window is in the future)
+        ``churned`` is null.
+    windows, activity_window_days
+        See :func:`churn_features`.
+
+    Returns
+    -------
+    ibis Table
+        One row per customer with a paid order before the cutoff: features,
+        ``cutoff`` (date) and ``churned`` (int8, null when unlabelled).
+    """
+    feats = churn_features(tables, cutoff, categories, windows, activity_window_days)
+    if labelled:
+        labels = churn_labels(tables["orders"], cutoff, window_days)
+        out = feats.join(labels, "customer_id")
+    else:
+        out = feats.filter(feats.frequency > 0).mutate(churned=ibis.null("int8"))
+    return out.mutate(cutoff=ibis.literal(_as_date(cutoff)))
+
+
+def contract_features(
+    contracts: ir.Table, label: str = "churn", key: str = "customer_id"
+) -> ir.Table:
+    """Return a contractual churn frame: numeric columns as they are, text columns one-hot.
+
+    For subscription data with an explicit churn label (e.g. the IBM Telco
+    data), one row per subscriber. Each text column other than the key and the
+    label becomes one 0/1 column per value (``<column>_<value>``).
+
+    Parameters
+    ----------
+    contracts : ibis Table
+        One row per subscriber.
+    label : str, default "churn"
+        Label column: "Yes"/"No", true/false or 1/0.
+    key : str, default "customer_id"
+        Subscriber key.
+
+    Returns
+    -------
+    ibis Table
+        key, the encoded features and ``churned`` (int8).
+
+    Raises
+    ------
+    ValueError
+        If the key or label column is missing.
+    """
+    _require(contracts, [key, label], "contracts")
+    schema = contracts.schema()
+    lab = contracts[label]
+    if schema[label].is_string():
+        churned = lab.lower().isin(["yes", "true", "1", "churned"]).ifelse(1, 0)
+    else:
+        churned = lab.cast("int8")
+    cols: dict[str, ir.Value] = {}
+    for name, dtype in schema.items():
+        if name in (key, label):
+            continue
+        if dtype.is_numeric() or dtype.is_boolean():
+            cols[name] = contracts[name].cast("float64")
+        elif dtype.is_string():
+            values = contracts.select(name).distinct().order_by(name).to_pandas()[name]
+            for v in values.dropna():
+                safe = "".join(ch if ch.isalnum() else "_" for ch in str(v).lower()).strip("_")
+                cols[f"{name}_{safe}"] = (contracts[name] == v).ifelse(1, 0).cast("int8")
+    return contracts.select(key, **cols, churned=churned.cast("int8"))

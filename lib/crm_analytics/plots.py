@@ -52,7 +52,8 @@ def set_theme() -> list[str]:
             "axes.unicode_minus": False,
             "figure.figsize": (8, 4.2),
             "figure.dpi": 100,
-            "axes.titleweight": "bold",
+            "axes.titleweight": "normal",  # the CJK font (WenQuanYi Micro Hei) has no bold face
+            "axes.titlesize": "large",
             "axes.spines.top": False,
             "axes.spines.right": False,
         }
@@ -232,7 +233,9 @@ def plot_roc(y_true: np.ndarray, scores: dict[str, np.ndarray], ax: Axes | None 
         fpr, tpr, _ = roc_curve(y_true, p)
         ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y_true, p):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set(title="ROC on the holdout", xlabel="false positive rate", ylabel="true positive rate")
+    ax.set(
+        title="ROC on the test customers", xlabel="false positive rate", ylabel="true positive rate"
+    )
     ax.legend(loc="lower right")
     return ax
 
@@ -586,4 +589,119 @@ def plot_budget_curve(targets: pd.DataFrame, ax: Axes | None = None) -> Axes:
         xlabel="customers contacted (best first)",
         ylabel="expected value saved",
     )
+    return ax
+
+
+def plot_gains(y_true: np.ndarray, scores: dict[str, np.ndarray], ax: Axes | None = None) -> Axes:
+    """Cumulative gains: share of churners found when contacting the riskiest customers first.
+
+    Parameters
+    ----------
+    y_true : array-like
+        Labels (1 = churned).
+    scores : dict
+        Model name -> churn scores.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    from crm_analytics.churn import gains_curve
+
+    ax = _ax(ax)
+    for name, p in scores.items():
+        g = gains_curve(y_true, p)
+        ax.plot(g.share_contacted, g.share_of_churners_found, label=name)
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="random")
+    ax.set(title="Cumulative gains on the test customers", xlabel="share of customers contacted",
+           ylabel="share of churners found")  # fmt: skip
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_calibration(
+    y_true: np.ndarray, scores: dict[str, np.ndarray], bins: int = 10, ax: Axes | None = None
+) -> Axes:
+    """Calibration curves: observed churn rate against mean predicted probability per bin.
+
+    Parameters
+    ----------
+    y_true : array-like
+        Labels.
+    scores : dict
+        Model name -> churn probabilities.
+    bins : int, default 10
+        Quantile bins.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    from sklearn.calibration import calibration_curve
+
+    ax = _ax(ax)
+    for name, p in scores.items():
+        observed, predicted = calibration_curve(y_true, p, n_bins=bins, strategy="quantile")
+        ax.plot(predicted, observed, marker="o", ms=3, label=name)
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect")
+    ax.set(title="Calibration on the test customers", xlabel="predicted churn probability",
+           ylabel="observed churn rate")  # fmt: skip
+    ax.legend(loc="upper left")
+    return ax
+
+
+def plot_importance(importance: pd.DataFrame, top: int = 15, ax: Axes | None = None) -> Axes:
+    """Horizontal bars of permutation importance (drop in ROC AUC), largest on top.
+
+    Parameters
+    ----------
+    importance : pandas.DataFrame
+        label, importance, importance_std (:func:`crm_analytics.churn.permutation_importance_table`).
+    top : int, default 15
+        Features shown.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    d = importance.head(top).iloc[::-1]
+    ax.barh(d.label, d.importance, xerr=d.importance_std, color="C0")
+    ax.set(title="What the model relies on (permutation importance)",
+           xlabel="drop in ROC AUC when the feature is shuffled")  # fmt: skip
+    return ax
+
+
+def plot_backtest(backtest: pd.DataFrame, metric: str = "roc_auc", ax: Axes | None = None) -> Axes:
+    """Plot a metric per model across backtest origins (one line per model).
+
+    Parameters
+    ----------
+    backtest : pandas.DataFrame
+        origin, model and ``metric`` (:func:`crm_analytics.churn.rolling_backtest`).
+    metric : str, default "roc_auc"
+        Column plotted.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    for name, g in backtest.groupby("model", sort=False):
+        ax.plot(g.origin.astype(str), g[metric], marker="o", label=str(name))
+    ax.set(title=f"{metric.replace('_', ' ')} by backtest origin", xlabel="cutoff",
+           ylabel=metric.replace("_", " "))  # fmt: skip
+    ax.legend(loc="best", fontsize="small")
     return ax

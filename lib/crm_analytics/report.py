@@ -212,7 +212,8 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
     "churn": [
         ("customers_labelled", "customers labelled"),
         ("churn_rate", "churn rate"),
-        ("holdout_roc_auc", "holdout ROC AUC"),
+        ("best_model", "best model"),
+        ("holdout_roc_auc", "test ROC AUC"),
     ],
     "forecast": [
         ("periods", "periods of history"),
@@ -258,6 +259,8 @@ def write_index(run_dir: Path, manifest: dict[str, Any], metrics: dict[str, Any]
             for k, label in HEADLINES.get(name, [])
             if figures.get(k) is not None
         )
+        if st.get("reason"):
+            key = html.escape(st["reason"])
         link = (
             f'<a href="{html.escape(st["html"])}">{html.escape(st["notebook"])}</a>'
             if st.get("html")

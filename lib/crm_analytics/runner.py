@@ -22,6 +22,7 @@ from typing import Any
 
 from crm_analytics.config import (
     NOTEBOOKS,
+    STAGE_NEEDS,
     STAGES,
     load_params,
     project_root,
@@ -29,6 +30,7 @@ from crm_analytics.config import (
     stage_parameters,
 )
 from crm_analytics.report import read_stage_metrics, render_html, write_index
+from crm_analytics.store import connect, duckdb_path, has_table
 
 KERNEL_NAME = "crm-analytics"
 """Jupyter kernel registered by ``make`` for the project's virtual environment."""
@@ -137,6 +139,45 @@ def _update_latest(reports: Path, run_id: str) -> None:
     os.replace(tmp, reports / "latest")
 
 
+def skip_reason(store: str, stage: str) -> str | None:
+    """Return why a stage cannot run on this store's data, or None when it can.
+
+    A stage listed in :data:`crm_analytics.config.STAGE_NEEDS` needs those clean
+    tables with at least one row (e.g. segmentation and forecasting need orders,
+    which a subscriber table such as the IBM Telco data does not have).
+
+    Parameters
+    ----------
+    store : str
+        The run's store (DuckDB path or database URL).
+    stage : str
+        Stage name.
+
+    Returns
+    -------
+    str or None
+        A sentence for the report, or None.
+    """
+    needs = STAGE_NEEDS.get(stage, ())
+    if not needs or not store:
+        return None
+    path = duckdb_path(store)
+    if path is not None and not path.exists():
+        return None  # nothing collected yet: let the stage report its own error
+    con = connect(store, read_only=path is not None)
+    try:
+        missing = [
+            t
+            for t in needs
+            if not has_table(con, t) or con.table(t).count().to_pyarrow().as_py() == 0
+        ]
+    finally:
+        con.disconnect()
+    if not missing:
+        return None
+    return f"skipped: this data has no {', '.join(missing)} (transactions), which the {stage} stage needs"
+
+
 def run_pipeline(
     params_file: str | Path,
     run_id: str | None = None,
@@ -214,6 +255,14 @@ def run_pipeline(
             "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         t0 = time.perf_counter()
+        reason = skip_reason(str(params.get("store", "")), stage)
+        if reason:
+            entry.update(status="skipped", reason=reason, seconds=0.0)
+            entry["ended_at"] = entry["started_at"]
+            manifest["stages"].append(entry)
+            if progress:
+                print(f"      skipped: {reason}", flush=True)
+            continue
         try:
             pm.execute_notebook(
                 str(root / "notebooks" / nb_name),
