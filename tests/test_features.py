@@ -233,3 +233,42 @@ def test_contract_features_one_hot_and_label():
     )
     with pytest.raises(ValueError, match="'label'"):
         features.contract_features(ibis.memtable(contracts), "label")
+
+
+def test_sales_series_by_splits_add_up_to_the_total():
+    orders = pd.DataFrame(
+        {
+            "order_id": ["o1", "o2", "o3", "o4"],
+            "customer_id": ["a", "b", "a", "c"],
+            "order_ts": pd.to_datetime(["2025-01-06", "2025-01-07", "2025-01-14", "2025-01-15"]),
+            "amount": [90.0, 50.0, 30.0, 10.0],
+            "status": ["paid", "paid", "paid", "refunded"],
+            "region": ["East", None, "East", "West"],
+        }
+    )
+    items = pd.DataFrame(
+        {"order_id": ["o1", "o1", "o2"], "sku": ["x", "y", "z"], "category": ["home", "toys", "home"],
+         "quantity": [1, 2, 1], "unit_price": [20.0, 20.0, 99.0]}
+    )  # fmt: skip
+    segments = pd.DataFrame({"customer_id": ["a"], "segment": ["Champions"]})
+    tables = {"orders": ibis.memtable(orders), "order_items": ibis.memtable(items),
+              "customer_segments": ibis.memtable(segments)}  # fmt: skip
+
+    def series(dim):
+        out = features.sales_series_by(tables, "week", dim).to_pandas()
+        return {(str(r.period.date()), r.group): (r.revenue, r.n_orders) for r in out.itertuples()}
+
+    assert series("total") == {
+        ("2025-01-06", "total"): (140.0, 2),
+        ("2025-01-13", "total"): (30.0, 1),
+    }
+    # o1's 90.0 is shared 20:40 between home and toys; o3 has no lines: "unknown"
+    assert series("category") == {
+        ("2025-01-06", "home"): (30.0 + 50.0, 2), ("2025-01-06", "toys"): (60.0, 1),
+        ("2025-01-13", "unknown"): (30.0, 1),
+    }  # fmt: skip
+    assert series("region") == {("2025-01-06", "East"): (90.0, 1), ("2025-01-06", "unknown"): (50.0, 1),
+                                ("2025-01-13", "East"): (30.0, 1)}  # fmt: skip
+    assert series("segment")[("2025-01-06", "unknown")] == (50.0, 1)
+    with pytest.raises(ValueError, match="dimension"):
+        features.sales_series_by(tables, "week", "city")

