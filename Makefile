@@ -53,6 +53,7 @@ format: $(INSTALLED)
 
 test: lint
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-chromium.sh
 	bash scripts/ensure-fonts.sh
 	MPLBACKEND=Agg $(BIN)/python -m pytest
 

@@ -297,3 +297,12 @@ def test_feature_labels_read_as_words():
     assert churn.feature_label("orders_trend_90d") == "order-rate change, last 90 days"
     assert churn.feature_label("cat_home") == "share of purchases in home"
     assert churn.feature_label("unknown_col") == "unknown_col"
+
+
+def test_suggest_window_from_the_gap_distribution():
+    gaps = pd.DataFrame({"gap_days": [10, 20, 40, 100], "n": [50, 30, 15, 5]})
+    # cumulative shares 0.5, 0.8, 0.95, 1.0: the 90th percentile is 40 days, rounded up to 60
+    assert churn.suggest_window(gaps, 0.9, 30) == (60, 40.0)
+    assert churn.suggest_window(gaps, 0.5, 7) == (14, 10.0)
+    with pytest.raises(ValueError, match="bought on two different days"):
+        churn.suggest_window(gaps.iloc[:0])

@@ -16,13 +16,13 @@ def test_generate_command(tmp_path, capsys):
 
 
 def test_run_command_reports_errors(tmp_path, capsys):
-    assert cli.main(["run", "--params", str(tmp_path / "missing.yaml")]) == 1
+    assert cli.main(["run", "--params", str(tmp_path / "missing.yaml")]) == cli.EXIT_BAD_SETUP == 2
     assert "parameter file not found" in capsys.readouterr().err
     p = tmp_path / "p.yaml"
     p.write_text("store: x.duckdb\n")
     assert (
         cli.main(["run", "--params", str(p), "--only", "nonsense", "--reports-dir", str(tmp_path)])
-        == 1
+        == 2
     )
     assert "unknown stage 'nonsense'" in capsys.readouterr().err
 
@@ -33,3 +33,18 @@ def test_docs_command_and_committed_data_model_is_current(tmp_path):
     assert out.read_text() == data_model_markdown() + "\n"
     committed = (ROOT / "docs" / "data-model.md").read_text()
     assert committed == out.read_text(), "docs/data-model.md is stale: run `make docs`"
+
+
+def test_prune_runs_keeps_the_newest_and_latest(tmp_path):
+    import json
+
+    from crm_analytics.runner import prune_runs
+
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(
+            json.dumps({"started_at": f"2026-01-0{i + 1}"})
+        )
+    (tmp_path / "latest").symlink_to("a", target_is_directory=True)  # the last good run is old
+    assert prune_runs(tmp_path, 2, current="d") == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c", "d", "latest"]

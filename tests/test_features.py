@@ -272,3 +272,9 @@ def test_sales_series_by_splits_add_up_to_the_total():
     assert series("segment")[("2025-01-06", "unknown")] == (50.0, 1)
     with pytest.raises(ValueError, match="dimension"):
         features.sales_series_by(tables, "week", "city")
+
+
+def test_gap_distribution_counts_days_between_purchase_days():
+    got = features.gap_distribution(ibis.memtable(ORDERS), CUTOFF).to_pandas()
+    # a buys on 01-01 and 02-01 (the 02-20 order is refunded): one gap of 31 days; b and c buy once
+    assert got.to_dict("list") == {"gap_days": [31], "n": [1]}

@@ -1,6 +1,7 @@
 """The whole pipeline, run with papermill on a tiny generated dataset."""
 
 import json
+import shutil
 import sqlite3
 
 import ibis
@@ -74,6 +75,8 @@ def test_manifest_and_metrics(run):
     }
     assert all(len(f["sha256"]) == 64 and f["rows"] >= 0 and f["loaded_at"] for f in files)
     assert manifest["packages"]["duckdb"].startswith("1.")
+    log = (run_dir / "run.log").read_text()
+    assert "[1/5] collect: running 01_collect.ipynb" in log and "report: " in log
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == set(config.STAGES)
     assert metrics["clean"]["all_rows_accounted"] is True
@@ -123,7 +126,7 @@ def test_injected_parameters_reach_the_notebooks(run):
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1
     src = injected[0].source
-    assert str(tmp / "store.duckdb") in src and "churn_window_days = 90" in src
+    assert str(tmp / "store.duckdb") in src and "churn_window_days = 0" in src
     assert f"run_dir = '{run_dir}'" in src or f'run_dir = "{run_dir}"' in src
 
 
@@ -316,7 +319,11 @@ def test_score_mode_scores_everyone_active_at_the_end_of_the_data(run):
     assert m["mode"] == "score"
     assert m["score_cutoff"] == str(data_end + pd.Timedelta(days=1))
     # the test cutoff is the last whose whole label window is observed
-    assert m["cutoffs"]["test"] == [str(data_end + pd.Timedelta(days=1) - pd.Timedelta(days=90))]
+    window = m["churn_window_days"]
+    assert m["churn_window_derived"] and window % 30 == 0
+    assert m["cutoffs"]["test"] == [
+        str(data_end + pd.Timedelta(days=1) - pd.Timedelta(days=window))
+    ]
     assert scores.churned.isna().all() and len(scores) == m["scored_customers"]
     assert (
         abs(len(scores) - active) <= 0.02 * active
@@ -353,3 +360,61 @@ def test_real_air_passengers_series_seasonal_naive_by_hand(tmp_path):
         )
     assert m["seasonal_naive_mase"] == pytest.approx(np.mean(by_hand), rel=1e-9)
     assert m["chosen_mase"] < m["seasonal_naive_mase"]  # a clear trend and season to find
+
+
+def test_second_run_shows_changes_and_a_comparison(run):
+    """A rerun with the same parameters finds the previous run, puts summaries on top and writes the comparison."""
+    tmp, params_file, first = run
+    again = run_pipeline(
+        params_file, run_id="r9", only="collect", reports_dir=tmp / "reports", progress=False
+    )
+    manifest = json.loads((again / "manifest.json").read_text())
+    assert manifest["previous_run"] == first.name and manifest["comparison"] == "comparison.html"
+    report_html = (again / "01_collect.html").read_text()
+    assert 'id="executive-summary"' in report_html and "since the previous run" in report_html
+    assert report_html.index("executive-summary") < report_html.index(
+        "Rows per table"
+    )  # at the top
+    comparison = (again / "comparison.html").read_text()
+    assert "Segment migration" in comparison and "customers kept their segment" in comparison
+    nb = nbformat.read(again / "01_collect.ipynb", as_version=4)
+    assert "executive-summary" in nb.cells[1].metadata.get("tags", [])
+    listing = (tmp / "reports" / "index.html").read_text()
+    assert 'href="r9/index.html"' in listing and f'href="{first.name}/index.html"' in listing
+
+
+def test_every_report_opens_cleanly_in_a_headless_browser(run, tmp_path):
+    """Each HTML of the run in headless Chromium: no console error, every image drawn, the summary visible."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    tmp, _, run_dir = run
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1280,1000"):  # fmt: skip
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    pages = [*sorted(run_dir.glob("*.html")), tmp / "reports" / "index.html"]
+    try:
+        for page in pages:
+            driver.get(page.as_uri())
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert not errors, f"{page.name}: {errors[:2]}"
+            images = driver.execute_script(
+                "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
+            )
+            assert all(images), f"{page.name}: {images.count(False)} images not drawn"
+            if page.parent == run_dir:
+                summary = driver.execute_script(
+                    "const e = document.getElementById('executive-summary');"
+                    "return e ? e.getBoundingClientRect().height > 0 && getComputedStyle(e).display !== 'none' : false"
+                )
+                assert summary, f"{page.name}: no visible executive summary"
+            shot = tmp_path / f"{page.stem}-{page.parent.name}.png"
+            driver.save_screenshot(str(shot))
+            assert shot.stat().st_size > 10_000
+    finally:
+        driver.quit()
+    assert len(pages) == len(config.NOTEBOOKS) + 2

@@ -69,3 +69,51 @@ def test_index_lists_stages_and_key_figures(tmp_path):
         tmp_path, manifest, {"churn": {"holdout_roc_auc": 0.8123}}
     ).read_text()
     assert 'href="04_churn.html"' in html and "test ROC AUC: 0.812" in html
+
+
+def test_index_shows_the_run_at_a_glance_and_the_run_list(tmp_path):
+    metrics = {
+        "clean": {"input": 10, "kept": 8, "duplicates": 1, "merged": 0, "quarantined": 1,
+                  "per_table": {"orders": {"input": 10, "kept": 8, "duplicates": 1, "merged": 0, "quarantined": 1}}},
+        "segment": {"segments": {"Champions": 5, "Lost <b>": 3}},
+        "churn": {"risk_tiers": {"high": 2, "medium": 1, "low": 7}},
+        "forecast": {"main_series": "revenue: total",
+                     "forecast_next": [{"period": "2026-10-05", "point": 100.0, "lower_95": 80.0, "upper_95": 120.0}]},
+    }  # fmt: skip
+    stages = [{"stage": "segment", "notebook": "03_segment.ipynb", "status": "skipped", "seconds": 0.0,
+               "reason": "this data has no orders"}]  # fmt: skip
+    run = tmp_path / "r2"
+    run.mkdir()
+    manifest = {"run_id": "r2", "params_file": "p.yaml", "status": "ok", "seconds": 5.0, "stages": stages,
+                "previous_run": "r1", "started_at": "2026-01-02T00:00:00"}  # fmt: skip
+    html = report.write_index(
+        run, manifest, metrics, {"clean": {"input": 10, "kept": 9}}
+    ).read_text()
+    assert "this data has no orders" in html and 'href="../r1/index.html"' in html
+    assert "Lost &lt;b&gt;" in html and "Lost <b>" not in html  # data text is escaped
+    assert "2026-10-05" in html and "80 - 120" in html
+    assert 'id="executive-summary"' in html
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    listing = report.write_run_list(tmp_path).read_text()
+    assert 'href="r2/index.html"' in listing and "high risk: 2" in listing
+
+
+def test_interactive_table_is_offline_and_escapes_text():
+    from IPython.display import HTML
+
+    got = report.interactive_table(
+        pd.DataFrame({"seg": ["<script>alert(1)</script>"], "v": [1.23456]}), "cap"
+    )
+    assert isinstance(got, HTML)
+    assert (
+        "&lt;script&gt;alert(1)&lt;/script&gt;" in got.data and "<script>alert(1)" not in got.data
+    )
+    assert "1.23" in got.data and "cdn" not in got.data.lower()
+
+
+def test_sanitize_markdown_removes_live_markup_and_keeps_markdown():
+    md = "**12** customers in <script>alert(1)</script> segment <img src=x onerror=alert(1)>; MASE < 1"
+    out = report.sanitize_markdown(md)
+    assert out.startswith("**12** customers in ") and "<script" not in out and "onerror" not in out
+    assert "MASE &lt; 1" in out

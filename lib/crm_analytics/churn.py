@@ -1405,3 +1405,44 @@ def bgnbd_scorer(
                                              time_unit_days, penalizer)}  # fmt: skip
 
     return score
+
+
+def suggest_window(
+    gaps: pd.DataFrame, quantile: float = 0.9, round_to: int = 30
+) -> tuple[int, float]:
+    """Return a churn window from the distribution of days between purchases.
+
+    The window is the ``quantile`` of the gaps between a customer's consecutive
+    purchase days, rounded up to a multiple of ``round_to`` days: a customer
+    silent for longer than that has stayed away longer than most repeat buyers
+    ever do between two purchases.
+
+    Parameters
+    ----------
+    gaps : pandas.DataFrame
+        gap_days and n (:func:`crm_analytics.features.gap_distribution`).
+    quantile : float, default 0.9
+        Share of gaps the window should cover.
+    round_to : int, default 30
+        Rounding step in days.
+
+    Returns
+    -------
+    tuple
+        (window in days, the quantile of the gaps in days).
+
+    Raises
+    ------
+    ValueError
+        If there are no gaps (no customer bought twice) or the quantile is not in (0, 1).
+    """
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    if gaps.empty or gaps.n.sum() == 0:
+        raise ValueError(
+            "no customer bought on two different days: set churn_window_days explicitly"
+        )
+    g = gaps.sort_values("gap_days")
+    share = g.n.cumsum() / g.n.sum()
+    q = float(g.gap_days.to_numpy()[int(np.searchsorted(share.to_numpy(), quantile))])
+    return int(np.ceil(q / round_to) * round_to), q

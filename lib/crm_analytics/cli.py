@@ -8,6 +8,12 @@ from pathlib import Path
 
 from crm_analytics import __version__
 
+EXIT_STAGE_FAILED = 1
+"""Exit status when a stage notebook failed (the run folder says where)."""
+
+EXIT_BAD_SETUP = 2
+"""Exit status when the run could not start: bad parameters, missing file, run id taken."""
+
 
 def _parser() -> argparse.ArgumentParser:
     """Build the argument parser."""
@@ -31,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--from", dest="from_stage", help="first stage to run")
     r.add_argument("--only", help="run this stage only")
     r.add_argument("--reports-dir", default="reports", help="where run folders go")
+    r.add_argument(
+        "--keep", type=int, default=0, help="keep only the newest N run folders (0: all)"
+    )
 
     d = sub.add_parser("docs", help="write docs/data-model.md from the schemas")
     d.add_argument("--out", default="docs/data-model.md", help="output file")
@@ -62,10 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         from crm_analytics.runner import StageFailed, run_pipeline
 
         try:
-            run_pipeline(args.params, args.run_id, args.from_stage, args.only, args.reports_dir)
-        except (StageFailed, FileExistsError, FileNotFoundError, ValueError) as exc:
+            run_pipeline(args.params, args.run_id, args.from_stage, args.only, args.reports_dir,
+                         keep=args.keep)  # fmt: skip
+        except StageFailed as exc:
             print(f"crm-analytics: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_STAGE_FAILED
+        except (FileExistsError, FileNotFoundError, ValueError) as exc:
+            print(f"crm-analytics: {exc}", file=sys.stderr)
+            return EXIT_BAD_SETUP
         return 0
     if args.command == "docs":
         from crm_analytics.config import resolve_path

@@ -49,7 +49,7 @@ import ibis
 import pandas as pd
 from ibis.backends import BaseBackend
 
-from crm_analytics.config import project_root, resolve_path
+from crm_analytics.config import expand_env, project_root, resolve_path
 from crm_analytics.schemas import TABLES, spec
 
 FILE_KINDS: tuple[str, ...] = ("csv", "jsonl", "excel", "parquet")
@@ -445,7 +445,7 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
         raise SourceError(f"source for '{table}' of kind sql needs `url`")
     label = f"{redact_url(str(url))}#{spec_.get('table', table)}"
     try:
-        src = ibis.connect(_sql_url(str(url)))
+        src = ibis.connect(_sql_url(expand_env(str(url))))
         expr = (
             src.sql(spec_["query"]) if spec_.get("query") else src.table(spec_.get("table", table))
         )

@@ -9,6 +9,7 @@ notebook receives the global keys plus its own section as papermill parameters.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ STAGE_NEEDS: dict[str, tuple[str, ...]] = {
 }
 """Clean tables (with at least one row) a stage needs; without them the runner skips it."""
 
-NON_STAGE_SECTIONS: tuple[str, ...] = ("generate",)
+NON_STAGE_SECTIONS: tuple[str, ...] = ("generate", "report")
 """Top-level sections that are not passed to notebooks."""
 
 
@@ -147,3 +148,72 @@ def stage_parameters(params: dict[str, Any], stage: str) -> dict[str, Any]:
     out = {k: v for k, v in params.items() if k not in STAGES and k not in NON_STAGE_SECTIONS}
     out.update(params.get(stage) or {})
     return out
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: str) -> str:
+    """Replace ``${NAME}`` references by the environment's values (for secrets such as database URLs).
+
+    Parameter files hold the reference, never the secret: manifests, executed
+    notebooks and logs show ``${DATABASE_URL}``, and the value is read here, at
+    the moment of connecting.
+
+    Parameters
+    ----------
+    value : str
+        Text that may hold ``${NAME}`` references.
+
+    Returns
+    -------
+    str
+        The text with every reference replaced.
+
+    Raises
+    ------
+    ValueError
+        If a referenced variable is not set (naming it).
+    """
+
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set (referenced as ${{{name}}})")
+        return os.environ[name]
+
+    return _ENV_REF.sub(repl, value)
+
+
+_URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@:\s]+:([^@/\s]+)@", re.IGNORECASE)
+
+
+def check_no_secrets(params: Any, where: str = "") -> None:
+    """Refuse parameters that hold a password literally (it would end up in manifests and notebooks).
+
+    Parameters
+    ----------
+    params : Any
+        Loaded parameters (nested dicts and lists).
+    where : str
+        Key path, for the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the key whose URL holds a literal password.
+    """
+    if isinstance(params, dict):
+        for k, v in params.items():
+            check_no_secrets(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(params, list):
+        for i, v in enumerate(params):
+            check_no_secrets(v, f"{where}[{i}]")
+    elif isinstance(params, str):
+        m = _URL_PASSWORD.match(params)
+        if m and not _ENV_REF.fullmatch(m.group(1)):
+            raise ValueError(
+                f"{where} holds a database password in the parameter file; put the URL (or the "
+                "password) in an environment variable and write ${NAME} instead, e.g. "
+                'url: "${DATABASE_URL}" (or use ~/.pgpass / PGPASSWORD)'
+            )

@@ -962,3 +962,27 @@ def sales_series_by(
         revenue=j._amount.sum(), n_orders=j.order_id.nunique().cast("int64")
     )
     return out.order_by(["group", "period"])
+
+
+def gap_distribution(orders: ir.Table, cutoff: dt.date | str) -> ir.Table:
+    """Return how often each number of days between a customer's purchase days occurs.
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders (paid, non-outlier orders count).
+    cutoff : date or ISO string
+        Purchases strictly before it.
+
+    Returns
+    -------
+    ibis Table
+        gap_days (int64, at least 1), n (int64), sorted by gap_days.
+    """
+    paid = paid_orders(orders)
+    paid = paid.filter(paid.order_ts < _ts(cutoff))
+    days = paid.select("customer_id", day=paid.order_ts.date()).distinct()
+    prev = days.day.lag().over(group_by=days.customer_id, order_by=days.day)
+    gaps = days.mutate(gap_days=days.day.delta(prev, unit="day").cast("int64"))
+    gaps = gaps.filter(gaps.gap_days.notnull())
+    return gaps.group_by("gap_days").aggregate(n=gaps.count().cast("int64")).order_by("gap_days")

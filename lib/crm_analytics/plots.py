@@ -746,3 +746,36 @@ def plot_decomposition(
     axes[2].legend(loc="upper left", fontsize="small", ncols=2)
     _date_axis(axes[2])
     return axes
+
+
+def plot_gap_distribution(
+    gaps: pd.DataFrame, window_days: int, max_days: int = 365, ax: Axes | None = None
+) -> Axes:
+    """Histogram of days between a customer's purchases, with the churn window marked.
+
+    Parameters
+    ----------
+    gaps : pandas.DataFrame
+        gap_days and n (:func:`crm_analytics.features.gap_distribution`).
+    window_days : int
+        The churn window.
+    max_days : int, default 365
+        Longer gaps are shown in the last bar.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+        The axes drawn on.
+    """
+    ax = _ax(ax)
+    d = gaps.assign(gap_days=gaps.gap_days.clip(upper=max_days)).groupby("gap_days").n.sum()
+    ax.bar(d.index, d.to_numpy(), width=1.0, color="C0")
+    covered = gaps.n[gaps.gap_days <= window_days].sum() / max(gaps.n.sum(), 1)
+    ax.axvline(window_days, color="C3", ls="--", lw=1.5,
+               label=f"churn window {window_days} days ({covered:.0%} of gaps are shorter)")  # fmt: skip
+    ax.set(title="Days between a customer's purchases", xlabel=f"days (longer than {max_days} in the last bar)",
+           ylabel="gaps")  # fmt: skip
+    ax.legend(loc="upper right")
+    return ax

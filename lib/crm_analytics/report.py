@@ -80,6 +80,9 @@ def safe_columns(frame: pd.DataFrame, id_col: str = "customer_id") -> pd.DataFra
 def table(frame: pd.DataFrame, caption: str, precision: int = 2) -> Any:
     """Return a captioned, index-free Styler for display in a notebook report.
 
+    Cell values, column names and the caption are HTML-escaped: text from the
+    data (a category called ``<script>...``) shows as text, never as markup.
+
     Parameters
     ----------
     frame : pandas.DataFrame
@@ -94,11 +97,53 @@ def table(frame: pd.DataFrame, caption: str, precision: int = 2) -> Any:
     pandas.io.formats.style.Styler
         The styled table.
     """
-    return (
-        frame.style.hide(axis="index")
-        .format(precision=precision, thousands=",")
-        .set_caption(caption)
+    styler = frame.style.hide(axis="index").format(
+        precision=precision, thousands=",", escape="html"
     )
+    styler = styler.format_index(escape="html", axis=1)
+    return styler.set_caption(html.escape(caption))
+
+
+_ITABLES_READY = False
+
+
+def interactive_table(
+    frame: pd.DataFrame, caption: str, precision: int = 2, page_length: int = 15
+) -> Any:
+    """Return a paged, sortable, searchable table that works in a static HTML report (itables).
+
+    The DataTables library is embedded in the notebook the first time (offline
+    mode), so the report needs no server and no network. Cell text is escaped.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The table (pass :func:`safe_columns` output for customer rows).
+    caption : str
+        Caption.
+    precision : int, default 2
+        Decimals of floats.
+    page_length : int, default 15
+        Rows per page.
+
+    Returns
+    -------
+    IPython.display.HTML
+        The table, ready to display.
+    """
+    global _ITABLES_READY
+    from IPython.display import HTML, display
+    from itables import init_notebook_mode, to_html_datatable
+
+    if not _ITABLES_READY:
+        init_notebook_mode(all_interactive=False, connected=False)
+        _ITABLES_READY = True
+    shown = frame.copy()
+    for c in shown.select_dtypes("float").columns:
+        shown[c] = shown[c].round(precision)
+    display(HTML(f"<p><b>{html.escape(caption)}</b></p>"))
+    return HTML(to_html_datatable(shown, connected=False, pageLength=page_length, showIndex=False,
+                                  allow_html=False, display_logo_when_loading=False))  # fmt: skip
 
 
 def _json_default(value: Any) -> Any:
@@ -170,8 +215,46 @@ def read_stage_metrics(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+MARKDOWN_TAGS: frozenset[str] = frozenset(
+    {"b", "strong", "i", "em", "code", "br", "p", "ul", "ol", "li", "a", "span", "sub", "sup"}
+)
+"""HTML tags kept in generated markdown outputs; everything else is escaped or removed."""
+
+
+def sanitize_markdown(text: str | list[str]) -> str:
+    """Make a generated markdown output safe: markup from the data cannot become live HTML.
+
+    Sentences such as ``f"The largest segment is {name}"`` are built from data;
+    ``nh3`` (the ammonia HTML sanitiser) removes scripts and event-handler
+    attributes and escapes every tag outside :data:`MARKDOWN_TAGS`. Markdown
+    syntax itself is plain text and passes through.
+
+    Parameters
+    ----------
+    text : str or list of str
+        The markdown (a list of lines as stored in notebooks).
+
+    Returns
+    -------
+    str
+        Safe markdown.
+    """
+    import nh3
+
+    if isinstance(text, list):
+        text = "".join(text)
+    return nh3.clean(text, tags=set(MARKDOWN_TAGS), attributes={"a": {"href"}, "span": {"class"}},
+                     clean_content_tags={"script", "style"}, link_rel=None)  # fmt: skip
+
+
 def render_html(notebook: Path, html_path: Path) -> Path:
-    """Render an executed notebook to HTML without code cells or prompts.
+    """Render an executed notebook to one self-contained HTML file without code cells or prompts.
+
+    The ``crm_report`` template (``templates/crm_report``) is JupyterLab's
+    without the scripts it would fetch from the network (require.js, MathJax,
+    Mermaid, widget managers): images are embedded, so the file opens offline
+    and can be e-mailed. Generated markdown outputs are sanitised first
+    (:func:`sanitize_markdown`).
 
     Parameters
     ----------
@@ -189,44 +272,27 @@ def render_html(notebook: Path, html_path: Path) -> Path:
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "text/markdown" in data:
+                data["text/markdown"] = sanitize_markdown(data["text/markdown"])
     exporter = HTMLExporter(
-        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+        template_name="crm_report",
+        extra_template_basedirs=[str(Path(__file__).parent / "templates")],
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
     )
     body, _ = exporter.from_notebook_node(nb)
     html_path.write_text(body, encoding="utf-8")
     return html_path
 
 
-HEADLINES: dict[str, list[tuple[str, str]]] = {
-    "collect": [("rows_read", "rows read"), ("sources", "sources")],
-    "clean": [
-        ("kept", "rows kept"),
-        ("duplicates", "exact duplicates"),
-        ("quarantined", "rows quarantined"),
-    ],
-    "segment": [
-        ("customers_scored", "customers scored"),
-        ("clusters", "clusters"),
-        ("silhouette", "silhouette"),
-    ],
-    "churn": [
-        ("customers_labelled", "customers labelled"),
-        ("churn_rate", "churn rate"),
-        ("best_model", "best model"),
-        ("holdout_roc_auc", "test ROC AUC"),
-    ],
-    "forecast": [
-        ("series", "series"),
-        ("chosen_model", "total: chosen model"),
-        ("chosen_mase", "its backtest MASE"),
-        ("seasonal_naive_mase", "seasonal-naive MASE"),
-    ],
-}
-"""Key figures shown on the report index, per stage."""
-
-
 def _fmt(value: Any) -> str:
-    """Format a figure for the index page."""
+    """Format a figure for the index pages."""
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
     if isinstance(value, int):
@@ -234,62 +300,225 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
-def write_index(run_dir: Path, manifest: dict[str, Any], metrics: dict[str, Any]) -> Path:
-    """Write ``index.html`` linking the stage reports with the run's key figures.
+INDEX_CSS = """
+body { font-family: system-ui, 'Noto Sans CJK SC', 'WenQuanYi Micro Hei', sans-serif; margin: 2rem auto; max-width: 64rem; color: #222; padding: 0 1rem; }
+table { border-collapse: collapse; width: 100%; margin: .4rem 0 1.2rem; }
+td, th { border-bottom: 1px solid #ddd; padding: .35rem .6rem; text-align: left; vertical-align: top; }
+th { background: #f3f5f8; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+.bar { background: #4c72b0; height: .8rem; display: inline-block; }
+.ok { color: #1a7f37; } .failed { color: #b42318; } .skipped { color: #8a6d00; }
+@media print { a { color: inherit; text-decoration: none; } }
+"""
+
+
+def _glance_tables(metrics: dict[str, Any], language: str) -> str:
+    """Return the "pipeline at a glance" sections of the run index."""
+    from crm_analytics.summary import _t
+
+    e = html.escape
+    parts = []
+    per_table = (metrics.get("clean") or {}).get("per_table") or {}
+    if per_table:
+        cols = ["input", "kept", "duplicates", "merged", "quarantined"]
+        rows = "".join(
+            f"<tr><td>{e(t)}</td>"
+            + "".join(f'<td class="n">{_fmt(v.get(c, 0))}</td>' for c in cols)
+            + "</tr>"
+            for t, v in per_table.items()
+        )
+        head = "".join(f'<th class="n">{c}</th>' for c in cols)
+        parts.append(
+            f"<h2>{_t(language, 'Row accounting', '行数核对')}</h2><table><tr><th>table</th>{head}</tr>{rows}</table>"
+        )
+    dq = (metrics.get("clean") or {}).get("data_quality") or {}
+    if dq:
+        measures = ["completeness", "uniqueness", "validity", "consistency"]
+        rows = "".join(
+            f"<tr><td>{e(t)}</td>"
+            + "".join(
+                f'<td class="n">{_fmt(v.get(c)) if v.get(c) is not None else "-"}</td>'
+                for c in measures
+            )
+            + "</tr>"
+            for t, v in dq.items()
+        )
+        head = "".join(f'<th class="n">{c}</th>' for c in measures)
+        parts.append(
+            f"<h2>{_t(language, 'Data quality (worst column per table)', '数据质量（各表最差列）')}</h2>"
+            f"<table><tr><th>table</th>{head}</tr>{rows}</table>"
+        )
+    segments = (metrics.get("segment") or {}).get("segments") or {}
+    if segments:
+        top = max(segments.values()) or 1
+        rows = "".join(
+            f'<tr><td>{e(k)}</td><td class="n">{_fmt(v)}</td><td><span class="bar" style="width:{200 * v / top:.0f}px"></span></td></tr>'
+            for k, v in sorted(segments.items(), key=lambda kv: -kv[1])
+        )
+        parts.append(
+            f'<h2>{_t(language, "Segment mix", "客户细分构成")}</h2><table><tr><th>segment</th><th class="n">customers</th><th></th></tr>{rows}</table>'
+        )
+    tiers = (metrics.get("churn") or {}).get("risk_tiers") or {}
+    if tiers:
+        rows = "".join(
+            f'<tr><td>{e(k)}</td><td class="n">{_fmt(tiers.get(k, 0))}</td></tr>'
+            for k in ("high", "medium", "low")
+        )
+        parts.append(
+            f'<h2>{_t(language, "Churn risk", "流失风险")}</h2><table><tr><th>tier</th><th class="n">customers</th></tr>{rows}</table>'
+        )
+    nxt = (metrics.get("forecast") or {}).get("forecast_next") or []
+    if nxt:
+        rows = "".join(
+            f'<tr><td>{e(str(r.get("period", ""))[:10])}</td><td class="n">{_fmt(r.get("point"))}</td>'
+            f'<td class="n">{_fmt(r.get("lower_95"))} - {_fmt(r.get("upper_95"))}</td></tr>'
+            for r in nxt
+        )
+        series = e(str((metrics.get("forecast") or {}).get("main_series", "")))
+        parts.append(
+            f"<h2>{_t(language, 'Forecast', '预测')}: {series}</h2><table><tr><th>period</th>"
+            f'<th class="n">forecast</th><th class="n">95% interval</th></tr>{rows}</table>'
+        )
+    return "".join(parts)
+
+
+def write_index(
+    run_dir: Path,
+    manifest: dict[str, Any],
+    metrics: dict[str, Any],
+    previous: dict[str, Any] | None = None,
+    language: str = "en",
+) -> Path:
+    """Write ``index.html``: the run at a glance, linking the stage reports.
 
     Parameters
     ----------
     run_dir : Path
         The run's report folder.
     manifest : dict
-        The run manifest (stages with status and duration).
+        The run manifest (stages with status, duration and skip reasons).
     metrics : dict
         Stage -> metrics.
+    previous : dict, optional
+        The previous run's metrics, for the changes shown.
+    language : {"en", "zh"}, default "en"
+        Report language.
 
     Returns
     -------
     Path
-        The index file.
+        The index file (self-contained: inline CSS, no images, no scripts).
     """
+    from crm_analytics.summary import SUMMARY_CSS, _t, findings, key_figures
+
+    e = html.escape
+    previous = previous or {}
     rows = []
     for st in manifest.get("stages", []):
         name = st["stage"]
         figures = metrics.get(name, {})
         key = "; ".join(
-            f"{label}: {_fmt(figures[k])}"
-            for k, label in HEADLINES.get(name, [])
-            if figures.get(k) is not None
+            f"{e(k.label)}: {k.formatted()}"
+            + (f" ({e(k.change())})" if previous.get(name) and k.change() else "")
+            for k in key_figures(name, figures, previous.get(name), language)
         )
         if st.get("reason"):
-            key = html.escape(st["reason"])
+            key = e(st["reason"])
         link = (
-            f'<a href="{html.escape(st["html"])}">{html.escape(st["notebook"])}</a>'
+            f'<a href="{e(st["html"])}">{e(st["notebook"])}</a>'
             if st.get("html")
-            else html.escape(st["notebook"])
+            else e(st["notebook"])
         )
         rows.append(
-            f"<tr><td>{link}</td><td>{html.escape(st['status'])}</td>"
-            f"<td>{st.get('seconds', 0):.1f} s</td><td>{key}</td></tr>"
+            f'<tr><td>{link}</td><td class="{e(st["status"])}">{e(st["status"])}</td>'
+            f'<td class="n">{st.get("seconds", 0):.1f} s</td><td>{key}</td></tr>'
         )
+    said = "".join(
+        f"<li>{s}</li>"
+        for st in manifest.get("stages", [])
+        for s in findings(
+            st["stage"], metrics.get(st["stage"], {}), previous.get(st["stage"]), language
+        )
+    )
+    prev_run = manifest.get("previous_run")
+    prev_link = ""
+    if prev_run:
+        prev_link = f' {_t(language, "Compared with", "对比")} <a href="../{e(prev_run)}/index.html">{e(prev_run)}</a>'
+        if manifest.get("comparison"):
+            prev_link += f' (<a href="comparison.html">{_t(language, "what changed", "变化")}</a>)'
+        prev_link += "."
     body = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>crm-analytics run {html.escape(manifest["run_id"])}</title>
-<style>
-body {{ font-family: system-ui, 'Noto Sans CJK SC', sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; }}
-table {{ border-collapse: collapse; width: 100%; }}
-td, th {{ border-bottom: 1px solid #ddd; padding: .4rem .6rem; text-align: left; vertical-align: top; }}
-th {{ background: #f3f5f8; }}
-</style></head><body>
-<h1>crm-analytics report</h1>
-<p>Run <b>{html.escape(manifest["run_id"])}</b>, parameters <code>{html.escape(manifest["params_file"])}</code>,
-status <b>{html.escape(manifest["status"])}</b>, {manifest.get("seconds", 0):.0f} s in total.
-Input fingerprint <code>{html.escape(str(manifest.get("input_fingerprint", ""))[:16])}</code>.</p>
-<table><tr><th>stage report</th><th>status</th><th>time</th><th>key figures</th></tr>
+<html lang="{"zh" if language == "zh" else "en"}"><head><meta charset="utf-8"><title>crm-analytics run {e(manifest["run_id"])}</title>
+<style>{INDEX_CSS}</style>{SUMMARY_CSS}</head><body>
+<h1>{_t(language, "crm-analytics report", "crm-analytics 报告")}</h1>
+<p>Run <b>{e(manifest["run_id"])}</b>, parameters <code>{e(manifest["params_file"])}</code>,
+status <b class="{e(manifest["status"])}">{e(manifest["status"])}</b>, {manifest.get("seconds", 0):.0f} s in total.
+Input fingerprint <code>{e(str(manifest.get("input_fingerprint", ""))[:16])}</code>.{prev_link}
+<a href="../index.html">{_t(language, "All runs", "全部运行")}</a>.</p>
+<div class="crm-summary" id="executive-summary"><h2>{_t(language, "Executive summary", "摘要")}</h2><ul>{said}</ul></div>
+<h2>{_t(language, "Stages", "各阶段")}</h2>
+<table><tr><th>stage report</th><th>status</th><th class="n">time</th><th>key figures</th></tr>
 {"".join(rows)}
 </table>
+{_glance_tables(metrics, language)}
 <p>Machine-readable: <a href="metrics.json">metrics.json</a>, <a href="manifest.json">manifest.json</a>.
 Customers appear under pseudonymous ids only.</p>
 </body></html>
 """
     path = run_dir / "index.html"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def write_run_list(reports: Path) -> Path:
+    """Write ``reports/index.html``: every run, newest first, with its headline figures.
+
+    Parameters
+    ----------
+    reports : Path
+        Folder of run folders.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    e = html.escape
+    runs = []
+    for manifest in reports.glob("*/manifest.json"):
+        if manifest.parent.is_symlink():
+            continue
+        try:
+            m = json.loads(manifest.read_text(encoding="utf-8"))
+            metrics = json.loads((manifest.parent / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        runs.append((str(m.get("started_at", "")), manifest.parent.name, m, metrics))
+    rows = []
+    for started, name, m, metrics in sorted(runs, reverse=True):
+        figures = [
+            ("rows kept", (metrics.get("clean") or {}).get("kept")),
+            ("customers scored", (metrics.get("segment") or {}).get("customers_scored")),
+            ("churn AUC", (metrics.get("churn") or {}).get("holdout_roc_auc")),
+            ("high risk", ((metrics.get("churn") or {}).get("risk_tiers") or {}).get("high")),
+            ("forecast", (metrics.get("forecast") or {}).get("forecast_total")),
+        ]
+        shown = "; ".join(f"{label}: {_fmt(v)}" for label, v in figures if v is not None)
+        stages = ", ".join(s["stage"] for s in m.get("stages", []))
+        rows.append(
+            f'<tr><td><a href="{e(name)}/index.html">{e(name)}</a></td><td>{e(started[:19])}</td>'
+            f"<td><code>{e(str(m.get('params_file', '')))}</code></td><td>{e(stages)}</td>"
+            f'<td class="{e(str(m.get("status")))}">{e(str(m.get("status")))}</td>'
+            f'<td class="n">{float(m.get("seconds") or 0):.0f} s</td><td>{shown}</td></tr>'
+        )
+    body = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>crm-analytics runs</title><style>{INDEX_CSS}</style></head><body>
+<h1>crm-analytics runs</h1>
+<p>{len(rows)} runs, newest first. <a href="latest/index.html">Latest successful run</a>.</p>
+<table><tr><th>run</th><th>started (UTC)</th><th>parameters</th><th>stages</th><th>status</th><th class="n">time</th><th>headline figures</th></tr>
+{"".join(rows)}
+</table></body></html>
+"""
+    path = reports / "index.html"
     path.write_text(body, encoding="utf-8")
     return path

@@ -20,17 +20,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from crm_analytics.config import (
     NOTEBOOKS,
     STAGE_NEEDS,
     STAGES,
+    check_no_secrets,
     load_params,
     project_root,
     resolve_path,
     stage_parameters,
 )
-from crm_analytics.report import read_stage_metrics, render_html, write_index
+from crm_analytics.report import read_stage_metrics, render_html, write_index, write_run_list
 from crm_analytics.store import connect, duckdb_path, has_table
+from crm_analytics.summary import comparison_html, summary_html
 
 KERNEL_NAME = "crm-analytics"
 """Jupyter kernel registered by ``make`` for the project's virtual environment."""
@@ -125,7 +129,7 @@ def _absolute_paths(params: dict[str, Any], root: Path) -> dict[str, Any]:
     """Make the store path absolute, so notebooks find it from any working directory."""
     out = dict(params)
     store = str(out.get("store", ""))
-    if store and "://" not in store and store != ":memory:":
+    if store and "://" not in store and store != ":memory:" and "${" not in store:
         out["store"] = str(resolve_path(store, root))
     return out
 
@@ -137,6 +141,147 @@ def _update_latest(reports: Path, run_id: str) -> None:
         tmp.unlink()
     tmp.symlink_to(run_id, target_is_directory=True)
     os.replace(tmp, reports / "latest")
+
+
+def previous_run(reports: Path, params_file: str, run_id: str) -> Path | None:
+    """Return the newest earlier successful run with the same parameter file.
+
+    Parameters
+    ----------
+    reports : Path
+        Folder of run folders.
+    params_file : str
+        Parameter file of the current run (as recorded in manifests).
+    run_id : str
+        The current run (excluded).
+
+    Returns
+    -------
+    Path or None
+        Its folder, or None for a first run.
+    """
+    best: tuple[str, Path] | None = None
+    for manifest in reports.glob("*/manifest.json"):
+        run = manifest.parent
+        if run.name == run_id or run.is_symlink():
+            continue
+        try:
+            m = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if m.get("status") != "ok" or m.get("params_file") != params_file:
+            continue
+        key = str(m.get("ended_at", ""))
+        if best is None or key > best[0]:
+            best = (key, run)
+    return best[1] if best else None
+
+
+def add_summary_cell(notebook: Path, html_block: str) -> None:
+    """Insert an executive-summary markdown cell after the title cell of an executed notebook.
+
+    Parameters
+    ----------
+    notebook : Path
+        Executed ``.ipynb`` (rewritten in place).
+    html_block : str
+        The summary (:func:`crm_analytics.summary.summary_html`).
+    """
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    cell = nbformat.v4.new_markdown_cell(html_block)
+    cell.metadata["tags"] = ["executive-summary"]
+    nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, cell)
+    nbformat.write(nb, notebook)
+
+
+def snapshot_customer_state(store: str, path: Path) -> pd.DataFrame | None:
+    """Save each customer's segment and churn-risk tier of this run, for the next run's comparison.
+
+    The snapshot holds CRM keys, so it goes under ``data/`` (like exports), never
+    under ``reports/``; the comparison page shows counts only.
+
+    Parameters
+    ----------
+    store : str
+        The run's store.
+    path : Path
+        Parquet file to write.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        customer_id, segment, risk_tier (None when the store has neither table).
+    """
+    import pandas as pd
+
+    db = duckdb_path(store)
+    if db is not None and not db.exists():
+        return None
+    con = connect(store, read_only=db is not None)
+    try:
+        parts = []
+        for table, column in (("customer_segments", "segment"), ("churn_scores", "risk_tier")):
+            if has_table(con, table) and column in con.table(table).columns:
+                parts.append(
+                    con.table(table)
+                    .select("customer_id", column)
+                    .to_pandas()
+                    .set_index("customer_id")
+                )
+    finally:
+        con.disconnect()
+    if not parts:
+        return None
+    state = pd.concat(parts, axis=1).reset_index()
+    for column in ("segment", "risk_tier"):
+        if column not in state:
+            state[column] = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state.to_parquet(path, index=False)
+    return state
+
+
+def prune_runs(reports: Path, keep: int, current: str) -> list[str]:
+    """Delete all but the ``keep`` newest run folders (and their customer snapshots).
+
+    The current run and the target of ``latest`` are never deleted.
+
+    Parameters
+    ----------
+    reports : Path
+        Folder of run folders.
+    keep : int
+        Runs to keep (at least 1).
+    current : str
+        The run just finished.
+
+    Returns
+    -------
+    list of str
+        Run ids removed, oldest first.
+    """
+    import shutil
+
+    latest = (reports / "latest").resolve().name if (reports / "latest").is_symlink() else None
+    runs = []
+    for manifest in reports.glob("*/manifest.json"):
+        if manifest.parent.is_symlink():
+            continue
+        try:
+            started = str(json.loads(manifest.read_text(encoding="utf-8")).get("started_at", ""))
+        except (OSError, json.JSONDecodeError):
+            started = ""
+        runs.append((started, manifest.parent.name))
+    runs.sort(reverse=True)
+    removed = []
+    for _, name in runs[max(keep, 1) :]:
+        if name in (current, latest):
+            continue
+        shutil.rmtree(reports / name)
+        removed.append(name)
+    return sorted(removed)
 
 
 def skip_reason(store: str, stage: str, stage_params: dict[str, Any] | None = None) -> str | None:
@@ -190,6 +335,7 @@ def run_pipeline(
     reports_dir: str | Path = "reports",
     kernel: str | None = None,
     progress: bool = True,
+    keep: int = 0,
 ) -> Path:
     """Run the selected stages and write the run's reports.
 
@@ -206,7 +352,9 @@ def run_pipeline(
     kernel : str, optional
         Jupyter kernel; :func:`kernel_name` by default.
     progress : bool, default True
-        Print progress lines.
+        Print progress lines (they also go to ``run.log`` in the run folder).
+    keep : int, default 0
+        After a successful run, keep only this many newest run folders (0 keeps all).
 
     Returns
     -------
@@ -225,6 +373,7 @@ def run_pipeline(
 
     root = project_root()
     params = _absolute_paths(load_params(resolve_path(params_file, root)), root)
+    check_no_secrets(params)
     stages = stages_to_run(from_stage, only)
     run_id = run_id or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     reports = resolve_path(reports_dir, root)
@@ -244,14 +393,28 @@ def run_pipeline(
         "command": " ".join(sys.argv),
         "stages": [],
     }
+    log_file = run_dir / "run.log"
+
+    def say(line: str) -> None:
+        """Print a progress line and append it, time-stamped, to the run's log file."""
+        if progress:
+            print(line, flush=True)
+        with log_file.open("a", encoding="utf-8") as fh:
+            fh.write(f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} {line}\n")
+
+    say(f"run {run_id}: parameters {params_file}, stages {', '.join(stages)}")
+    report_settings = params.get("report") or {}
+    language = str(report_settings.get("language", "en"))
+    before = previous_run(reports, str(params_file), run_id)
+    previous = read_stage_metrics(before) if before else {}
+    manifest["previous_run"] = before.name if before else None
     t_run = time.perf_counter()
     failure: StageFailed | None = None
     for i, stage in enumerate(stages, 1):
         nb_name = NOTEBOOKS[stage]
         out_nb = run_dir / nb_name
         stage_params = {**stage_parameters(params, stage), "run_dir": str(run_dir)}
-        if progress:
-            print(f"[{i}/{len(stages)}] {stage}: running {nb_name} ...", flush=True)
+        say(f"[{i}/{len(stages)}] {stage}: running {nb_name} ...")
         entry: dict[str, Any] = {
             "stage": stage,
             "notebook": nb_name,
@@ -264,8 +427,7 @@ def run_pipeline(
             entry.update(status="skipped", reason=reason, seconds=0.0)
             entry["ended_at"] = entry["started_at"]
             manifest["stages"].append(entry)
-            if progress:
-                print(f"      skipped: {reason}", flush=True)
+            say(f"      skipped: {reason}")
             continue
         try:
             pm.execute_notebook(
@@ -289,13 +451,19 @@ def run_pipeline(
             )
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         entry["ended_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        stage_file = run_dir / "stages" / f"{stage}.json"
+        if out_nb.exists() and entry["status"] == "ok" and stage_file.is_file():
+            this = json.loads(stage_file.read_text(encoding="utf-8"))
+            add_summary_cell(out_nb, summary_html(stage, this, previous.get(stage), language))
         if out_nb.exists():
             html_name = nb_name.replace(".ipynb", ".html")
             render_html(out_nb, run_dir / html_name)
             entry["html"] = html_name
         manifest["stages"].append(entry)
-        if progress:
-            print(f"      {entry['status']} in {entry['seconds']:.1f} s", flush=True)
+        say(
+            f"      {entry['status']} in {entry['seconds']:.1f} s"
+            + (f": {entry['error']}" if "error" in entry else "")
+        )
         if failure:
             break
     metrics = read_stage_metrics(run_dir)
@@ -309,10 +477,30 @@ def run_pipeline(
     (run_dir / "manifest.json").write_text(
         json.dumps(manifest, indent=2, ensure_ascii=False, default=str)
     )
-    write_index(run_dir, manifest, metrics)
+    if not failure:
+        snapshots = resolve_path(str(report_settings.get("snapshot_dir", "data/snapshots")), root)
+        state = snapshot_customer_state(
+            str(params.get("store", "")), snapshots / f"{run_id}.parquet"
+        )
+        if before is not None:
+            old_file = snapshots / f"{before.name}.parquet"
+            old_state = pd.read_parquet(old_file) if old_file.is_file() else None
+            (run_dir / "comparison.html").write_text(
+                comparison_html(run_id, before.name, metrics, previous, state, old_state, language),
+                encoding="utf-8",
+            )
+            manifest["comparison"] = "comparison.html"
+            (run_dir / "manifest.json").write_text(
+                json.dumps(manifest, indent=2, ensure_ascii=False, default=str)
+            )
+    write_index(run_dir, manifest, metrics, previous, language)
+    write_run_list(reports)
     if failure:
+        say(f"failed: {failure}")
         raise failure
     _update_latest(reports, run_id)
-    if progress:
-        print(f"report: {run_dir / 'index.html'}", flush=True)
+    if keep:
+        for gone in prune_runs(reports, keep, run_id):
+            say(f"removed old run {gone} (keeping the newest {keep})")
+    say(f"report: {run_dir / 'index.html'}")
     return run_dir

@@ -15,7 +15,7 @@ import ibis.expr.types as ir
 import pandas as pd
 from ibis.backends import BaseBackend
 
-from crm_analytics.config import resolve_path
+from crm_analytics.config import expand_env, resolve_path
 
 
 def is_url(store: str) -> bool:
@@ -42,7 +42,8 @@ def connect(store: str, *, read_only: bool = False, memory_limit: str | None = N
     store : str
         Path of a DuckDB file (relative to the project root, created with its
         folder if absent), ``:memory:``, or a database URL understood by
-        :func:`ibis.connect` (``postgresql://...``, ``duckdb://...``, ``sqlite://...``).
+        :func:`ibis.connect` (``postgresql://...``, ``duckdb://...``, ``sqlite://...``);
+        ``${NAME}`` references are read from the environment (keep passwords there).
     read_only : bool, default False
         Open a DuckDB file read-only.
     memory_limit : str, optional
@@ -53,6 +54,7 @@ def connect(store: str, *, read_only: bool = False, memory_limit: str | None = N
     ibis.backends.BaseBackend
         A connected ibis backend.
     """
+    store = expand_env(store)
     if is_url(store):
         return ibis.connect(store)
     if store == ":memory:":
@@ -138,6 +140,7 @@ def duckdb_path(store: str) -> Path | None:
     Path or None
         Absolute path of the DuckDB file.
     """
+    store = expand_env(store)
     if is_url(store) or store == ":memory:":
         return None
     return resolve_path(store)
