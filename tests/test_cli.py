@@ -48,3 +48,32 @@ def test_prune_runs_keeps_the_newest_and_latest(tmp_path):
     (tmp_path / "latest").symlink_to("a", target_is_directory=True)  # the last good run is old
     assert prune_runs(tmp_path, 2, current="d") == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c", "d", "latest"]
+
+
+def _run_folder(reports, name, day, stages, status="ok", params="params/default.yaml"):
+    import json
+
+    (reports / name).mkdir()
+    (reports / name / "manifest.json").write_text(json.dumps({
+        "started_at": f"2026-01-0{day}T00:00:00", "ended_at": f"2026-01-0{day}T00:05:00",
+        "status": status, "params_file": params, "stages": [{"stage": s} for s in stages],
+    }))  # fmt: skip
+
+
+def test_previous_run_is_the_last_run_covering_the_same_stages(tmp_path):
+    from crm_analytics.config import STAGES
+    from crm_analytics.runner import previous_run
+
+    _run_folder(tmp_path, "full-1", 1, STAGES)
+    _run_folder(tmp_path, "only-forecast", 2, ["forecast"])
+    _run_folder(tmp_path, "full-failed", 3, STAGES, status="failed")
+    _run_folder(tmp_path, "other-params", 4, STAGES, params="params/cdnow.yaml")
+    _run_folder(tmp_path, "broken", 5, STAGES)
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    # a full run skips the partial, failed, other-parameter and unreadable runs
+    assert previous_run(tmp_path, "params/default.yaml", "now").name == "full-1"
+    # a forecast-only run compares with the newest run that made a forecast
+    assert (
+        previous_run(tmp_path, "params/default.yaml", "now", ["forecast"]).name == "only-forecast"
+    )
+    assert previous_run(tmp_path, "params/cdnow.yaml", "other-params") is None

@@ -41,6 +41,7 @@ def run(tiny_dataset, tmp_path_factory):
     params_file = tmp / "tiny.yaml"
     params_file.write_text(yaml.safe_dump(_params(tiny_dataset, tmp), allow_unicode=True))
     run_dir = run_pipeline(params_file, run_id="r1", reports_dir=tmp / "reports", progress=False)
+    shutil.copyfile(tmp / "store.duckdb", tmp / "store-r1.duckdb")  # later tests rerun stages on it
     return tmp, params_file, run_dir
 
 
@@ -418,3 +419,33 @@ def test_every_report_opens_cleanly_in_a_headless_browser(run, tmp_path):
     finally:
         driver.quit()
     assert len(pages) == len(config.NOTEBOOKS) + 2
+
+
+@pytest.fixture(scope="module")
+def zh_run(tiny_dataset, tmp_path_factory):
+    """The same data and parameters as ``run``, reported in Chinese, in a store of its own."""
+    tmp = tmp_path_factory.mktemp("zh")
+    params = _params(tiny_dataset, tmp)
+    params["report_language"] = "zh"
+    f = tmp / "zh.yaml"
+    f.write_text(yaml.safe_dump(params, allow_unicode=True))
+    return tmp, run_pipeline(f, run_id="zh", reports_dir=tmp / "reports", progress=False)
+
+
+def test_chinese_reports_translate_headings_captions_and_sentences(zh_run):
+    """report_language: zh - every heading, caption and generated paragraph of every stage report is in Chinese."""
+    from bs4 import BeautifulSoup
+
+    from crm_analytics.i18n import untranslated
+
+    _, run_dir = zh_run
+    left = {}
+    for nb in config.NOTEBOOKS.values():
+        soup = BeautifulSoup((run_dir / nb.replace(".ipynb", ".html")).read_text(), "html.parser")
+        texts = [t.get_text(" ", strip=True) for t in soup.select(
+            "h1, h2, h3, caption, .jp-RenderedMarkdown p, .jp-RenderedMarkdown li, .jp-RenderedHTML > p > b")]  # fmt: skip
+        assert len(texts) > 5, nb
+        left[nb] = [t for t in texts if untranslated(t)]
+    assert not any(left.values()), left
+    index = (run_dir / "index.html").read_text()
+    assert '<html lang="zh"' in index and "摘要" in index

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from crm_analytics import summary
@@ -79,3 +81,12 @@ def test_forecast_vs_actual_and_quality_changes():
                                       "change": pytest.approx(-0.1)}]  # fmt: skip
     page = summary.comparison_html("r2", "r1", {"forecast": now}, {"forecast": prev}, None, None)
     assert "0% fell inside the 95% interval" in page and 'href="../r1/index.html"' in page
+
+
+def test_comparison_shows_missing_previous_values_as_a_dash():
+    # the previous run (e.g. a forecast-only run) measured no data quality at all
+    now = {"clean": {"data_quality": {"orders": {"validity": 0.8, "completeness": 0.9}}}}
+    page = summary.comparison_html("r2", "r1", now, {"clean": {}}, None, None)
+    cells = re.findall(r"<td>(.*?)</td>", page)
+    assert "None" not in cells and "nan" not in cells
+    assert cells.count("-") == 4  # previous and change of both measures

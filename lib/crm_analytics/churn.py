@@ -26,6 +26,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from crm_analytics.schemas import require_columns
+
 NON_FEATURES: frozenset[str] = frozenset(
     {
         "customer_id",
@@ -115,8 +117,7 @@ def holdout_split(
     ValueError
         If the label column is missing or has a single class.
     """
-    if label_col not in frame.columns:
-        raise ValueError(f"missing column {label_col!r}")
+    require_columns(frame, [label_col])
     if frame[label_col].nunique() < 2:
         raise ValueError(f"{label_col!r} has a single class; cannot train a churn model")
     train, test = train_test_split(
@@ -457,9 +458,7 @@ def retention_targets(
     ValueError
         If a column is missing or ``save_rate`` is outside [0, 1].
     """
-    for c in ("customer_id", "p_churn", value_col):
-        if c not in scores.columns:
-            raise ValueError(f"missing column {c!r}")
+    require_columns(scores, ["customer_id", "p_churn", value_col], "scores")
     if not 0 <= save_rate <= 1:
         raise ValueError(f"save_rate must be in [0, 1], got {save_rate}")
     out = scores.copy()
@@ -984,8 +983,7 @@ class ChurnModelSet:
         """
         from sklearn.metrics import log_loss
 
-        if self.baseline_feature not in train.columns:
-            raise ValueError(f"missing column {self.baseline_feature!r}")
+        require_columns(train, [self.baseline_feature], "train")
         if self.params is None:
             gbm, t1 = tune_gbm(train, valid, self.learning_rates, self.max_leaf_nodes,
                                self.max_iter, self.seed, label_col)  # fmt: skip

@@ -471,7 +471,9 @@ def _typed(col: ir.StringValue, dtype: str, settings: CleanSettings) -> ir.Value
         )
     if dtype == "int64":
         f = parse_number(col)
-        return ibis.cases((f == f.round(), f.cast("int64")), else_=ibis.null("int64"))
+        # whole numbers only, and only those a float holds exactly (|x| < 2**53): larger is garbage
+        whole = (f.abs() < 2.0**53) & (f == f.round(0))
+        return ibis.cases((whole, f.try_cast("int64")), else_=ibis.null("int64"))
     if dtype == "float64":
         return parse_number(col)
     if dtype == "timestamp":

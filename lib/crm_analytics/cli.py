@@ -14,6 +14,9 @@ EXIT_STAGE_FAILED = 1
 EXIT_BAD_SETUP = 2
 """Exit status when the run could not start: bad parameters, missing file, run id taken."""
 
+EXIT_STORE_BUSY = 3
+"""Exit status when another run holds the store (nothing was changed; try again later)."""
+
 
 def _parser() -> argparse.ArgumentParser:
     """Build the argument parser."""
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generated {res.out_dir} in {res.seconds:.1f} s: {rows}")
         return 0
     if args.command == "run":
-        from crm_analytics.runner import StageFailed, run_pipeline
+        from crm_analytics.runner import StageFailed, StoreBusy, run_pipeline
 
         try:
             run_pipeline(args.params, args.run_id, args.from_stage, args.only, args.reports_dir,
@@ -76,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         except StageFailed as exc:
             print(f"crm-analytics: {exc}", file=sys.stderr)
             return EXIT_STAGE_FAILED
+        except StoreBusy as exc:
+            print(f"crm-analytics: {exc}", file=sys.stderr)
+            return EXIT_STORE_BUSY
         except (FileExistsError, FileNotFoundError, ValueError) as exc:
             print(f"crm-analytics: {exc}", file=sys.stderr)
             return EXIT_BAD_SETUP

@@ -16,14 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crm_analytics.schemas import require_columns
+
 PURCHASE_MODELS: tuple[str, ...] = ("bgnbd", "pareto")
-
-
-def _require(frame: pd.DataFrame, columns: list[str]) -> None:
-    """Raise ``ValueError`` naming the first missing column."""
-    for c in columns:
-        if c not in frame.columns:
-            raise ValueError(f"missing column {c!r}")
 
 
 def calibration_holdout(summary: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
@@ -42,8 +37,8 @@ def calibration_holdout(summary: pd.DataFrame, holdout: pd.DataFrame) -> pd.Data
         The calibration columns plus frequency_holdout (and monetary_holdout),
         one row per calibration customer; a new frame.
     """
-    _require(summary, ["customer_id", "frequency", "recency", "T", "monetary_value"])
-    _require(holdout, ["customer_id", "frequency_holdout"])
+    require_columns(summary, ["customer_id", "frequency", "recency", "T", "monetary_value"])
+    require_columns(holdout, ["customer_id", "frequency_holdout"])
     out = summary.merge(holdout, on="customer_id", how="left")
     for c in ("frequency_holdout", "monetary_holdout"):
         if c in out.columns:
@@ -89,7 +84,7 @@ def check_gamma_gamma(summary: pd.DataFrame, max_abs_correlation: float = 0.3) -
     GammaGammaCheck
         The figures and a warning message when a precondition fails.
     """
-    _require(summary, ["frequency", "monetary_value"])
+    require_columns(summary, ["frequency", "monetary_value"])
     rep = summary[(summary.frequency > 0) & (summary.monetary_value > 0)]
     if len(rep) < 10:
         return GammaGammaCheck(len(rep), float("nan"), False,
@@ -161,7 +156,7 @@ class CLVModel:
         """
         from lifetimes import BetaGeoFitter, GammaGammaFitter, ParetoNBDFitter
 
-        _require(summary, ["frequency", "recency", "T", "monetary_value"])
+        require_columns(summary, ["frequency", "recency", "T", "monetary_value"])
         if self.purchase_model not in PURCHASE_MODELS:
             raise ValueError(
                 f"purchase_model must be one of {PURCHASE_MODELS}, got {self.purchase_model!r}"
@@ -269,7 +264,7 @@ class CLVModel:
         numpy.ndarray
             Probabilities in [0, 1].
         """
-        _require(summary, ["frequency", "recency", "T"])
+        require_columns(summary, ["frequency", "recency", "T"])
         m = self.purchase_model_
         if self.purchase_model == "pareto":
             return np.asarray(m.conditional_probability_of_n_purchases_up_to_time(

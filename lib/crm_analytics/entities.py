@@ -190,6 +190,13 @@ def probabilistic_pairs(con: BaseBackend, table: str, settings: MatchSettings) -
     pred = linker.inference.predict(threshold_match_probability=settings.threshold)
     out = pred.as_pandas_dataframe()
     pred.drop_table_from_database_and_remove_from_cache()
+    # splink's working tables (blocked pairs, term frequencies) are not part of the store
+    leftovers = con.raw_sql(
+        "SELECT table_name, table_type FROM information_schema.tables "
+        "WHERE starts_with(table_name, '__splink__')"
+    ).fetchall()
+    for name, kind in leftovers:
+        con.raw_sql(f'DROP {"VIEW" if kind == "VIEW" else "TABLE"} IF EXISTS "{name}"')
     if out.empty:
         return pd.DataFrame({"id_l": [], "id_r": [], "rule": [], "match_probability": []})
     lo = np.minimum(out.unique_id_l.astype(str), out.unique_id_r.astype(str))

@@ -15,14 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crm_analytics.report import pseudonymise, safe_columns, table
-
-
-def _require(frame: pd.DataFrame, columns: list[str]) -> None:
-    """Raise ``ValueError`` naming the first missing column."""
-    for c in columns:
-        if c not in frame.columns:
-            raise ValueError(f"missing column {c!r}")
+from crm_analytics.i18n import translate
+from crm_analytics.report import markdown, pseudonymise, safe_columns, table
+from crm_analytics.schemas import require_columns
 
 
 def segment_view(
@@ -47,7 +42,7 @@ def segment_view(
         (profile: median per numeric column plus ``customers``; members under
         pseudonymous ids, personal columns dropped).
     """
-    _require(customers, ["customer_id", "segment", sort_by])
+    require_columns(customers, ["customer_id", "segment", sort_by])
     members = customers[customers.segment == segment]
     numeric = members.select_dtypes("number")
     profile = numeric.median().round(2)
@@ -79,7 +74,7 @@ def customer_view(
         (the customer's row without personal columns, or None when unknown;
         their orders, newest first, without the CRM key).
     """
-    _require(customers, ["customer_id"])
+    require_columns(customers, ["customer_id"])
     ids = pseudonymise(customers.customer_id, salt)
     hit = customers[ids.to_numpy() == pseudonym.strip()]
     if hit.empty:
@@ -116,7 +111,7 @@ def targeting_view(targets: pd.DataFrame, threshold: float, budget: int) -> dict
     dict
         eligible, contacted, expected_value (sum over the contacted), mean_p_churn.
     """
-    _require(targets, ["p_churn", "expected_value"])
+    require_columns(targets, ["p_churn", "expected_value"])
     eligible = targets[targets.p_churn >= threshold].sort_values("expected_value", ascending=False)
     chosen = eligible.head(max(int(budget), 0))
     return {"eligible": len(eligible), "contacted": len(chosen),
@@ -145,8 +140,8 @@ def forecast_view(
     tuple
         (history with period and value; forecast rows).
     """
-    _require(history, ["period", "series", "value"])
-    _require(forecasts, ["period", "series", "point"])
+    require_columns(history, ["period", "series", "value"])
+    require_columns(forecasts, ["period", "series", "point"])
     h = history[history.series == series][["period", "value"]].sort_values("period")
     f = forecasts[forecasts.series == series].sort_values("period").head(horizon)
     return h.reset_index(drop=True), f.reset_index(drop=True)
@@ -228,9 +223,7 @@ def customer_lookup(customers: pd.DataFrame, orders: Any, interactive: bool = Tr
         The widget (None when static).
     """
     if not interactive:
-        from IPython.display import Markdown
-
-        _show(Markdown("*Customer lookup: open this notebook in JupyterLab and type a pseudonymous id "
+        _show(markdown("*Customer lookup: open this notebook in JupyterLab and type a pseudonymous id "
                        "(`cust_...`) from any table of this report.*"))  # fmt: skip
         return None
     import ipywidgets as w
@@ -243,7 +236,7 @@ def customer_lookup(customers: pd.DataFrame, orders: Any, interactive: bool = Tr
         out.clear_output()
         with out:
             if row is None:
-                print("no customer with this pseudonymous id")
+                print(translate("no customer with this pseudonymous id"))
                 return
             _show(table(row.to_frame("value").reset_index(names="field"), "Customer"))
             _show(table(history.head(50), f"{len(history)} orders, newest first"))
@@ -320,10 +313,8 @@ def forecast_explorer(
         The widget (None when static).
     """
     if not interactive:
-        from IPython.display import Markdown
-
         _show(
-            Markdown(
+            markdown(
                 "*Forecast explorer: open this notebook in JupyterLab to pick any series and horizon.*"
             )
         )

@@ -16,15 +16,10 @@ import datetime as dt
 import ibis
 import ibis.expr.types as ir
 
+from crm_analytics.schemas import require_columns
+
 FREQUENCIES: dict[str, str] = {"day": "D", "week": "W", "month": "M"}
 """Series frequency name -> ibis truncation unit."""
-
-
-def _require(table: ir.Table, columns: list[str], name: str) -> None:
-    """Raise ``ValueError`` naming the first missing column."""
-    for c in columns:
-        if c not in table.columns:
-            raise ValueError(f"{name} has no column {c!r}")
 
 
 def _ts(value: dt.date | dt.datetime | str) -> ir.TimestampScalar:
@@ -56,7 +51,7 @@ def paid_orders(orders: ir.Table, exclude_outliers: bool = True) -> ir.Table:
     ValueError
         If ``status`` or ``amount`` is missing.
     """
-    _require(orders, ["status", "amount"], "orders")
+    require_columns(orders, ["status", "amount"], "orders")
     out = orders.filter(orders.status == "paid")
     if exclude_outliers and "amount_outlier" in orders.columns:
         out = out.filter(~out.amount_outlier)
@@ -102,7 +97,7 @@ def customer_features(
     ValueError
         If a required column is missing.
     """
-    _require(orders, ["customer_id", "order_id", "order_ts", "amount", "status"], "orders")
+    require_columns(orders, ["customer_id", "order_id", "order_ts", "amount", "status"], "orders")
     c = _ts(cutoff)
     recent = c - ibis.interval(days=activity_window_days)
     before = orders.filter(orders.order_ts < c)
@@ -124,7 +119,7 @@ def customer_features(
     ref = refunds.group_by("customer_id").aggregate(n_refunds=refunds.count())
 
     if customers is not None:
-        _require(customers, ["customer_id", "signup_date"], "customers")
+        require_columns(customers, ["customer_id", "signup_date"], "customers")
         base = customers.filter(customers.signup_date.cast("timestamp") < c).select(
             "customer_id", signup_ts=customers.signup_date.cast("timestamp")
         )
@@ -153,13 +148,13 @@ def customer_features(
     if customers is not None:
         out = out.drop("signup_ts")
     if events is not None:
-        _require(events, ["customer_id", "ts"], "events")
+        require_columns(events, ["customer_id", "ts"], "events")
         ev = events.filter((events.ts < c) & (events.ts >= recent))
         agg = ev.group_by("customer_id").aggregate(events_recent=ev.count())
         out = out.left_join(agg, "customer_id").drop("customer_id_right")
         out = out.mutate(events_recent=out.events_recent.fill_null(0).cast("int64"))
     if tickets is not None:
-        _require(tickets, ["customer_id", "opened_at", "satisfaction"], "tickets")
+        require_columns(tickets, ["customer_id", "opened_at", "satisfaction"], "tickets")
         tk = tickets.filter(tickets.opened_at < c)
         agg = tk.group_by("customer_id").aggregate(
             n_tickets=tk.count(), mean_satisfaction=tk.satisfaction.mean().cast("float64")
@@ -167,7 +162,7 @@ def customer_features(
         out = out.left_join(agg, "customer_id").drop("customer_id_right")
         out = out.mutate(n_tickets=out.n_tickets.fill_null(0).cast("int64"))
     if surveys is not None:
-        _require(surveys, ["customer_id", "answered_at", "nps", "csat"], "surveys")
+        require_columns(surveys, ["customer_id", "answered_at", "nps", "csat"], "surveys")
         sv = surveys.filter(surveys.answered_at < c)
         agg = sv.group_by("customer_id").aggregate(
             mean_nps=sv.nps.mean().cast("float64"), mean_csat=sv.csat.mean().cast("float64")
@@ -209,9 +204,9 @@ def sales_series(
     """
     if freq not in FREQUENCIES:
         raise ValueError(f"freq must be one of {', '.join(FREQUENCIES)}, got {freq!r}")
-    _require(orders, ["order_ts", "amount", "status"], "orders")
+    require_columns(orders, ["order_ts", "amount", "status"], "orders")
     if by is not None:
-        _require(orders, [by], "orders")
+        require_columns(orders, [by], "orders")
     paid = paid_orders(orders)
     if start is not None:
         paid = paid.filter(paid.order_ts >= _ts(start))
@@ -639,7 +634,7 @@ def purchase_dynamics(
         ``gap_mean_days``, ``gap_std_days`` and ``gap_last_days`` between
         distinct purchase days (null with fewer than two or three purchase days).
     """
-    _require(orders, ["customer_id", "order_ts", "amount", "status"], "orders")
+    require_columns(orders, ["customer_id", "order_ts", "amount", "status"], "orders")
     c = _ts(cutoff)
     paid = paid_orders(orders)
     paid = paid.filter(paid.order_ts < c)
@@ -858,7 +853,7 @@ def contract_features(
     ValueError
         If the key or label column is missing.
     """
-    _require(contracts, [key, label], "contracts")
+    require_columns(contracts, [key, label], "contracts")
     schema = contracts.schema()
     lab = contracts[label]
     if schema[label].is_string():

@@ -9,13 +9,17 @@ ARIMA, which is slow and less accurate at that period length.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from crm_analytics.schemas import require_columns
 
 PANDAS_FREQ: dict[str, str] = {"day": "D", "week": "W-MON", "month": "MS", "quarter": "QS"}
 """Series frequency -> pandas period-start frequency (weeks start on Monday)."""
@@ -58,9 +62,7 @@ def complete_series(
     """
     if freq not in PANDAS_FREQ:
         raise ValueError(f"freq must be one of {', '.join(PANDAS_FREQ)}, got {freq!r}")
-    for c in (period_col, *value_cols):
-        if c not in series.columns:
-            raise ValueError(f"missing column {c!r}")
+    require_columns(series, [period_col, *value_cols], "series")
     s = series.copy()
     s[period_col] = pd.to_datetime(s[period_col])
     s = s.groupby(period_col)[list(value_cols)].sum()
@@ -623,6 +625,29 @@ def _alarm(_signum: int, _frame: Any) -> None:
     raise _OutOfTime
 
 
+@contextlib.contextmanager
+def _time_budget(seconds: float) -> Iterator[None]:
+    """Raise :class:`_OutOfTime` inside the block once ``seconds`` of wall time have passed.
+
+    Uses ``SIGALRM``, so it only takes effect in the main thread (each worker
+    process of :func:`forecast_many` runs its series there); elsewhere the
+    block runs without a limit. The previous handler is restored on exit.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _score(actual: np.ndarray, f: pd.DataFrame, history: np.ndarray, m: int) -> dict[str, float]:
     """Return MASE, sMAPE, RMSE and interval coverage of one forecast."""
     point = f.point.to_numpy()
@@ -656,9 +681,6 @@ def forecast_series(task: SeriesTask) -> SeriesResult:
     SeriesResult
         Backtest, metrics, choice and forecast.
     """
-    import signal
-    import threading
-
     from threadpoolctl import threadpool_limits
 
     t0 = time.perf_counter()
@@ -667,41 +689,32 @@ def forecast_series(task: SeriesTask) -> SeriesResult:
     cuts = backtest_cut_points(len(y), task.horizon, task.origins, task.step,
                                max(task.horizon + 8, min(2 * m, len(y) // 2)))  # fmt: skip
     rows, metric_rows, failed = [], [], {}
-    can_alarm = threading.current_thread() is threading.main_thread()
-    if can_alarm:
-        previous = signal.signal(signal.SIGALRM, _alarm)
-        signal.setitimer(signal.ITIMER_REAL, max(task.time_budget_s, 0.001))
     finals: dict[str, tuple[pd.DataFrame, dict[str, Any]]] = {}
-    try:
-        with threadpool_limits(1):
-            for kind in (*BASELINES, *task.models):
-                if any("budget" in v for v in failed.values()):
-                    failed[kind] = "not started: the series' time budget was used up"
-                    continue
-                done = []
-                try:
-                    for cut in cuts:
-                        xh = task.x.iloc[:cut] if task.x is not None else None
-                        xf = task.x.iloc[cut : cut + task.horizon] if task.x is not None else None
-                        f, _ = fit_forecast(kind, y[:cut], task.horizon, m, xh, xf,
-                                            task.fourier_k, task.seed)  # fmt: skip
-                        actual = y[cut : cut + task.horizon]
-                        done.append((cut, f, actual))
-                except _OutOfTime:
-                    failed[kind] = f"did not finish within the {task.time_budget_s:g} s budget"
-                    break
-                except Exception as exc:  # a model may fail on a series; keep the others
-                    failed[kind] = f"{type(exc).__name__}: {exc}"[:300]
-                    continue
-                for cut, f, actual in done:
-                    rows.append(f.assign(origin=cut, step=np.arange(1, task.horizon + 1),
-                                         model=kind, actual=actual))  # fmt: skip
-                    metric_rows.append({"origin": cut, "model": kind,
-                                        **_score(actual, f, y[:cut], m)})  # fmt: skip
-    finally:
-        if can_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+    with _time_budget(task.time_budget_s), threadpool_limits(1):
+        for kind in (*BASELINES, *task.models):
+            if any("budget" in v for v in failed.values()):
+                failed[kind] = "not started: the series' time budget was used up"
+                continue
+            done = []
+            try:
+                for cut in cuts:
+                    xh = task.x.iloc[:cut] if task.x is not None else None
+                    xf = task.x.iloc[cut : cut + task.horizon] if task.x is not None else None
+                    f, _ = fit_forecast(kind, y[:cut], task.horizon, m, xh, xf,
+                                        task.fourier_k, task.seed)  # fmt: skip
+                    actual = y[cut : cut + task.horizon]
+                    done.append((cut, f, actual))
+            except _OutOfTime:
+                failed[kind] = f"did not finish within the {task.time_budget_s:g} s budget"
+                break
+            except Exception as exc:  # a model may fail on a series; keep the others
+                failed[kind] = f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            for cut, f, actual in done:
+                rows.append(f.assign(origin=cut, step=np.arange(1, task.horizon + 1),
+                                     model=kind, actual=actual))  # fmt: skip
+                metric_rows.append({"origin": cut, "model": kind,
+                                    **_score(actual, f, y[:cut], m)})  # fmt: skip
     for kind in failed:
         metric_rows = [r for r in metric_rows if r["model"] != kind]
         rows = [r for r in rows if r.model.iloc[0] != kind]
@@ -726,10 +739,7 @@ def forecast_series(task: SeriesTask) -> SeriesResult:
         info["fallback_reason"] = "; ".join(f"{k}: {v}" for k, v in failed.items())
     to_fit = members if chosen == "ensemble" else [chosen]
     try:
-        if can_alarm:
-            signal.signal(signal.SIGALRM, _alarm)
-            signal.setitimer(signal.ITIMER_REAL, max(task.time_budget_s, 0.001))
-        with threadpool_limits(1):
+        with _time_budget(task.time_budget_s), threadpool_limits(1):
             for kind in to_fit:
                 finals[kind] = fit_forecast(kind, y, task.horizon, m, task.x, task.x_future,
                                             task.fourier_k, task.seed)  # fmt: skip
@@ -739,10 +749,6 @@ def forecast_series(task: SeriesTask) -> SeriesResult:
         info["fallback_reason"] = f"{chosen}: {reason}"
         chosen, to_fit = best_baseline, [best_baseline]
         finals = {best_baseline: fit_forecast(best_baseline, y, task.horizon, m)}
-    finally:
-        if can_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
     frames = [finals[k][0] for k in to_fit]
     future = sum(frames[1:], frames[0]) / len(frames) if len(frames) > 1 else frames[0]
     future = future.assign(step=np.arange(1, task.horizon + 1))[["step", *INTERVAL_COLUMNS]]

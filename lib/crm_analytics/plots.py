@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import numpy as np
@@ -9,6 +13,10 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import font_manager
 from matplotlib.axes import Axes
+
+from crm_analytics import i18n
+
+_Plot = TypeVar("_Plot", bound=Callable[..., Any])
 
 CJK_FONTS: tuple[str, ...] = (
     "Noto Sans CJK SC",
@@ -75,6 +83,49 @@ def _date_axis(ax: Axes) -> None:
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 
+def localise_figure(fig: Any, language: str | None = None) -> None:
+    """Translate the titles, axis labels, annotations and legends of a figure in place.
+
+    Tick labels are left alone: they are data values (segments, tiers, dates).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    language : str, optional
+        Target language; the report language set by ``report.set_language`` when omitted.
+    """
+    language = i18n.check_language(language or i18n.current_language())
+    if language == "en":
+        return
+    for ax in fig.axes:
+        ax.set_title(i18n.translate(ax.get_title(), language))
+        ax.set_xlabel(i18n.translate(ax.get_xlabel(), language))
+        ax.set_ylabel(i18n.translate(ax.get_ylabel(), language))
+        legend = ax.get_legend()
+        texts = list(ax.texts)
+        if legend is not None:
+            texts += [*legend.get_texts(), legend.get_title()]
+        for text in texts:
+            text.set_text(i18n.translate(text.get_text(), language))
+    if getattr(fig, "_suptitle", None) is not None:
+        fig._suptitle.set_text(i18n.translate(fig._suptitle.get_text(), language))
+
+
+def _localised(plot: _Plot) -> _Plot:
+    """Wrap a ``plot_*`` function so its labels come out in the report language."""
+
+    @functools.wraps(plot)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = plot(*args, **kwargs)
+        first = result.flat[0] if isinstance(result, np.ndarray) else result
+        localise_figure(first.figure)
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_localised
 def plot_source_rows(counts: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Bar chart of raw rows per table.
 
@@ -96,6 +147,7 @@ def plot_source_rows(counts: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
+@_localised
 def plot_row_accounting(acc: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Rows not kept per table (exact duplicates, merged records, quarantined), with the kept share.
 
@@ -124,6 +176,7 @@ def plot_row_accounting(acc: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
+@_localised
 def plot_segment_sizes(summary: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Horizontal bars of customers and revenue share per segment.
 
@@ -150,6 +203,7 @@ def plot_segment_sizes(summary: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
+@_localised
 def plot_rf_heatmap(rfm: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Heatmap of customer counts by recency and frequency score.
 
@@ -178,6 +232,7 @@ def plot_rf_heatmap(rfm: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
+@_localised
 def plot_k_selection(
     silhouette: dict[int, float], inertia: dict[int, float], chosen: int, ax: Axes | None = None
 ) -> Axes:
@@ -209,6 +264,7 @@ def plot_k_selection(
     return ax
 
 
+@_localised
 def plot_roc(y_true: np.ndarray, scores: dict[str, np.ndarray], ax: Axes | None = None) -> Axes:
     """ROC curves of several models on the same labels.
 
@@ -240,6 +296,7 @@ def plot_roc(y_true: np.ndarray, scores: dict[str, np.ndarray], ax: Axes | None 
     return ax
 
 
+@_localised
 def plot_risk_tiers(tiers: pd.Series, ax: Axes | None = None) -> Axes:
     """Bar chart of customers per churn-risk tier.
 
@@ -262,6 +319,7 @@ def plot_risk_tiers(tiers: pd.Series, ax: Axes | None = None) -> Axes:
     return ax
 
 
+@_localised
 def plot_forecast(
     history: pd.DataFrame, forecast: pd.DataFrame, value: str = "revenue", ax: Axes | None = None
 ) -> Axes:
@@ -312,6 +370,7 @@ def plot_forecast(
     return ax
 
 
+@_localised
 def plot_quality_trend(history: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Each data-quality measure (lowest over all columns) across runs.
 
@@ -339,6 +398,7 @@ def plot_quality_trend(history: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
+@_localised
 def plot_lifecycle(counts: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Plot customers per lifecycle stage at each snapshot, stacked.
 
@@ -368,6 +428,7 @@ def plot_lifecycle(counts: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
+@_localised
 def plot_calibration_holdout(
     frame: pd.DataFrame, max_frequency: int = 7, ax: Axes | None = None
 ) -> Axes:
@@ -398,6 +459,7 @@ def plot_calibration_holdout(
     return ax
 
 
+@_localised
 def plot_cohort_heatmap(
     matrix: pd.DataFrame, title: str, fmt: str = ".0%", ax: Axes | None = None
 ) -> Axes:
@@ -428,6 +490,7 @@ def plot_cohort_heatmap(
     return ax
 
 
+@_localised
 def plot_satisfaction_trend(months: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Plot NPS (left axis) and mean CSAT (right axis) per month.
 
@@ -455,6 +518,7 @@ def plot_satisfaction_trend(months: pd.DataFrame, ax: Axes | None = None) -> Axe
     return ax
 
 
+@_localised
 def plot_model_matrix(matrix: pd.DataFrame, title: str, ax: Axes | None = None) -> Axes:
     """Plot a frequency x recency matrix of a purchase model as a heatmap.
 
@@ -478,6 +542,7 @@ def plot_model_matrix(matrix: pd.DataFrame, title: str, ax: Axes | None = None) 
     return ax
 
 
+@_localised
 def plot_repeat_curve(
     periods: np.ndarray, actual: np.ndarray, expected: np.ndarray, ax: Axes | None = None
 ) -> Axes:
@@ -509,6 +574,7 @@ def plot_repeat_curve(
     return ax
 
 
+@_localised
 def plot_projection(points: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Scatter customers on two principal components, coloured by cluster.
 
@@ -534,6 +600,7 @@ def plot_projection(points: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
+@_localised
 def plot_budget_curve(targets: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Plot the expected value saved against the number of customers contacted.
 
@@ -564,6 +631,7 @@ def plot_budget_curve(targets: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
+@_localised
 def plot_gains(y_true: np.ndarray, scores: dict[str, np.ndarray], ax: Axes | None = None) -> Axes:
     """Cumulative gains: share of churners found when contacting the riskiest customers first.
 
@@ -594,6 +662,7 @@ def plot_gains(y_true: np.ndarray, scores: dict[str, np.ndarray], ax: Axes | Non
     return ax
 
 
+@_localised
 def plot_calibration(
     y_true: np.ndarray, scores: dict[str, np.ndarray], bins: int = 10, ax: Axes | None = None
 ) -> Axes:
@@ -628,6 +697,7 @@ def plot_calibration(
     return ax
 
 
+@_localised
 def plot_importance(importance: pd.DataFrame, top: int = 15, ax: Axes | None = None) -> Axes:
     """Horizontal bars of permutation importance (drop in ROC AUC), largest on top.
 
@@ -653,6 +723,7 @@ def plot_importance(importance: pd.DataFrame, top: int = 15, ax: Axes | None = N
     return ax
 
 
+@_localised
 def plot_backtest(backtest: pd.DataFrame, metric: str = "roc_auc", ax: Axes | None = None) -> Axes:
     """Plot a metric per model across backtest origins (one line per model).
 
@@ -679,6 +750,7 @@ def plot_backtest(backtest: pd.DataFrame, metric: str = "roc_auc", ax: Axes | No
     return ax
 
 
+@_localised
 def plot_model_errors(ranking: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Bars of each forecasting model's mean backtest MASE, with seasonal naive marked.
 
@@ -703,6 +775,7 @@ def plot_model_errors(ranking: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
+@_localised
 def plot_decomposition(
     periods: pd.Series, parts: pd.DataFrame, labels: dict[str, str] | None = None,
     axes: np.ndarray | None = None,
@@ -748,6 +821,7 @@ def plot_decomposition(
     return axes
 
 
+@_localised
 def plot_gap_distribution(
     gaps: pd.DataFrame, window_days: int, max_days: int = 365, ax: Axes | None = None
 ) -> Axes:

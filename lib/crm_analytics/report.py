@@ -12,12 +12,15 @@ import html
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from crm_analytics import i18n
 from crm_analytics.schemas import TABLES
+from crm_analytics.summary import INDEX_CSS, SUMMARY_CSS, _t, findings, format_value, key_figures
 
 PSEUDONYM_SALT_ENV = "CRM_PSEUDONYM_SALT"
 """Environment variable holding the secret salt of pseudonymous ids."""
@@ -88,7 +91,7 @@ def table(frame: pd.DataFrame, caption: str, precision: int = 2) -> Any:
     frame : pandas.DataFrame
         Table to show.
     caption : str
-        Caption shown above the table.
+        Caption shown above the table, translated into the report language.
     precision : int, default 2
         Decimals of floats.
 
@@ -101,7 +104,46 @@ def table(frame: pd.DataFrame, caption: str, precision: int = 2) -> Any:
         precision=precision, thousands=",", escape="html"
     )
     styler = styler.format_index(escape="html", axis=1)
-    return styler.set_caption(html.escape(caption))
+    return styler.set_caption(html.escape(i18n.translate(caption)))
+
+
+def set_language(language: str) -> str:
+    """Set the report language of captions, plot labels and :func:`markdown` text.
+
+    Parameters
+    ----------
+    language : {"en", "zh"}
+        The ``report_language`` parameter.
+
+    Returns
+    -------
+    str
+        The language now in effect.
+
+    Raises
+    ------
+    ValueError
+        If the language is not supported.
+    """
+    return i18n.set_language(language)
+
+
+def markdown(text: str) -> Any:
+    """Return generated markdown text in the report language, for display.
+
+    Parameters
+    ----------
+    text : str
+        English markdown (numbers and names already filled in).
+
+    Returns
+    -------
+    IPython.display.Markdown
+        The translated text.
+    """
+    from IPython.display import Markdown
+
+    return Markdown(i18n.translate(text))
 
 
 _ITABLES_READY = False
@@ -141,7 +183,7 @@ def interactive_table(
     shown = frame.copy()
     for c in shown.select_dtypes("float").columns:
         shown[c] = shown[c].round(precision)
-    display(HTML(f"<p><b>{html.escape(caption)}</b></p>"))
+    display(HTML(f"<p><b>{html.escape(i18n.translate(caption))}</b></p>"))
     return HTML(to_html_datatable(shown, connected=False, pageLength=page_length, showIndex=False,
                                   allow_html=False, display_logo_when_loading=False))  # fmt: skip
 
@@ -289,33 +331,8 @@ def render_html(notebook: Path, html_path: Path) -> Path:
     return html_path
 
 
-def _fmt(value: Any) -> str:
-    """Format a figure for the index pages."""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return html.escape(str(value))
-
-
-INDEX_CSS = """
-body { font-family: system-ui, 'Noto Sans CJK SC', 'WenQuanYi Micro Hei', sans-serif; margin: 2rem auto; max-width: 64rem; color: #222; padding: 0 1rem; }
-table { border-collapse: collapse; width: 100%; margin: .4rem 0 1.2rem; }
-td, th { border-bottom: 1px solid #ddd; padding: .35rem .6rem; text-align: left; vertical-align: top; }
-th { background: #f3f5f8; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
-.bar { background: #4c72b0; height: .8rem; display: inline-block; }
-.ok { color: #1a7f37; } .failed { color: #b42318; } .skipped { color: #8a6d00; }
-@media print { a { color: inherit; text-decoration: none; } }
-"""
-
-
 def _glance_tables(metrics: dict[str, Any], language: str) -> str:
     """Return the "pipeline at a glance" sections of the run index."""
-    from crm_analytics.summary import _t
-
     e = html.escape
     parts = []
     per_table = (metrics.get("clean") or {}).get("per_table") or {}
@@ -323,7 +340,7 @@ def _glance_tables(metrics: dict[str, Any], language: str) -> str:
         cols = ["input", "kept", "duplicates", "merged", "quarantined"]
         rows = "".join(
             f"<tr><td>{e(t)}</td>"
-            + "".join(f'<td class="n">{_fmt(v.get(c, 0))}</td>' for c in cols)
+            + "".join(f'<td class="n">{format_value(v.get(c, 0))}</td>' for c in cols)
             + "</tr>"
             for t, v in per_table.items()
         )
@@ -336,10 +353,7 @@ def _glance_tables(metrics: dict[str, Any], language: str) -> str:
         measures = ["completeness", "uniqueness", "validity", "consistency"]
         rows = "".join(
             f"<tr><td>{e(t)}</td>"
-            + "".join(
-                f'<td class="n">{_fmt(v.get(c)) if v.get(c) is not None else "-"}</td>'
-                for c in measures
-            )
+            + "".join(f'<td class="n">{format_value(v.get(c))}</td>' for c in measures)
             + "</tr>"
             for t, v in dq.items()
         )
@@ -352,7 +366,7 @@ def _glance_tables(metrics: dict[str, Any], language: str) -> str:
     if segments:
         top = max(segments.values()) or 1
         rows = "".join(
-            f'<tr><td>{e(k)}</td><td class="n">{_fmt(v)}</td><td><span class="bar" style="width:{200 * v / top:.0f}px"></span></td></tr>'
+            f'<tr><td>{e(k)}</td><td class="n">{format_value(v)}</td><td><span class="bar" style="width:{200 * v / top:.0f}px"></span></td></tr>'
             for k, v in sorted(segments.items(), key=lambda kv: -kv[1])
         )
         parts.append(
@@ -361,7 +375,7 @@ def _glance_tables(metrics: dict[str, Any], language: str) -> str:
     tiers = (metrics.get("churn") or {}).get("risk_tiers") or {}
     if tiers:
         rows = "".join(
-            f'<tr><td>{e(k)}</td><td class="n">{_fmt(tiers.get(k, 0))}</td></tr>'
+            f'<tr><td>{e(k)}</td><td class="n">{format_value(tiers.get(k, 0))}</td></tr>'
             for k in ("high", "medium", "low")
         )
         parts.append(
@@ -370,8 +384,8 @@ def _glance_tables(metrics: dict[str, Any], language: str) -> str:
     nxt = (metrics.get("forecast") or {}).get("forecast_next") or []
     if nxt:
         rows = "".join(
-            f'<tr><td>{e(str(r.get("period", ""))[:10])}</td><td class="n">{_fmt(r.get("point"))}</td>'
-            f'<td class="n">{_fmt(r.get("lower_95"))} - {_fmt(r.get("upper_95"))}</td></tr>'
+            f'<tr><td>{e(str(r.get("period", ""))[:10])}</td><td class="n">{format_value(r.get("point"))}</td>'
+            f'<td class="n">{format_value(r.get("lower_95"))} - {format_value(r.get("upper_95"))}</td></tr>'
             for r in nxt
         )
         series = e(str((metrics.get("forecast") or {}).get("main_series", "")))
@@ -409,8 +423,6 @@ def write_index(
     Path
         The index file (self-contained: inline CSS, no images, no scripts).
     """
-    from crm_analytics.summary import SUMMARY_CSS, _t, findings, key_figures
-
     e = html.escape
     previous = previous or {}
     rows = []
@@ -470,6 +482,70 @@ Customers appear under pseudonymous ids only.</p>
     return path
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """One run folder under ``reports/`` as its manifest describes it.
+
+    Attributes
+    ----------
+    path : Path
+        The run folder.
+    manifest : dict
+        Its ``manifest.json``.
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """Run id (the folder name)."""
+        return self.path.name
+
+    @property
+    def started_at(self) -> str:
+        """ISO start time ("" when unknown)."""
+        return str(self.manifest.get("started_at", ""))
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run finished without a failed stage."""
+        return self.manifest.get("status") == "ok"
+
+    @property
+    def stages(self) -> frozenset[str]:
+        """Stages the run executed or skipped for lack of data (not those left out by ``--only``)."""
+        return frozenset(s["stage"] for s in self.manifest.get("stages", []) if "stage" in s)
+
+
+def read_runs(reports: Path) -> list[RunRecord]:
+    """Return every run folder with a readable manifest, oldest first.
+
+    The ``latest`` link and folders whose manifest cannot be read are left out.
+
+    Parameters
+    ----------
+    reports : Path
+        Folder of run folders.
+
+    Returns
+    -------
+    list of RunRecord
+        Sorted by start time, then run id.
+    """
+    runs = []
+    for manifest in reports.glob("*/manifest.json"):
+        if manifest.parent.is_symlink():
+            continue
+        try:
+            runs.append(
+                RunRecord(manifest.parent, json.loads(manifest.read_text(encoding="utf-8")))
+            )
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sorted(runs, key=lambda r: (r.started_at, r.name))
+
+
 def write_run_list(reports: Path) -> Path:
     """Write ``reports/index.html``: every run, newest first, with its headline figures.
 
@@ -484,18 +560,13 @@ def write_run_list(reports: Path) -> Path:
         The file written.
     """
     e = html.escape
-    runs = []
-    for manifest in reports.glob("*/manifest.json"):
-        if manifest.parent.is_symlink():
-            continue
-        try:
-            m = json.loads(manifest.read_text(encoding="utf-8"))
-            metrics = json.loads((manifest.parent / "metrics.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        runs.append((str(m.get("started_at", "")), manifest.parent.name, m, metrics))
     rows = []
-    for started, name, m, metrics in sorted(runs, reverse=True):
+    for run in reversed(read_runs(reports)):
+        started, name, m = run.started_at, run.name, run.manifest
+        try:
+            metrics = json.loads((run.path / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            metrics = {}
         figures = [
             ("rows kept", (metrics.get("clean") or {}).get("kept")),
             ("customers scored", (metrics.get("segment") or {}).get("customers_scored")),
@@ -503,7 +574,7 @@ def write_run_list(reports: Path) -> Path:
             ("high risk", ((metrics.get("churn") or {}).get("risk_tiers") or {}).get("high")),
             ("forecast", (metrics.get("forecast") or {}).get("forecast_total")),
         ]
-        shown = "; ".join(f"{label}: {_fmt(v)}" for label, v in figures if v is not None)
+        shown = "; ".join(f"{label}: {format_value(v)}" for label, v in figures if v is not None)
         stages = ", ".join(s["stage"] for s in m.get("stages", []))
         rows.append(
             f'<tr><td><a href="{e(name)}/index.html">{e(name)}</a></td><td>{e(started[:19])}</td>'

@@ -10,16 +10,21 @@ last good run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import platform
+import shutil
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pandas as pd
 
 from crm_analytics.config import (
@@ -32,8 +37,15 @@ from crm_analytics.config import (
     resolve_path,
     stage_parameters,
 )
-from crm_analytics.report import read_stage_metrics, render_html, write_index, write_run_list
-from crm_analytics.store import connect, duckdb_path, has_table
+from crm_analytics.i18n import check_language, translate_notebook
+from crm_analytics.report import (
+    read_runs,
+    read_stage_metrics,
+    render_html,
+    write_index,
+    write_run_list,
+)
+from crm_analytics.store import checkpoint, connect, duckdb_path, has_table
 from crm_analytics.summary import comparison_html, summary_html
 
 KERNEL_NAME = "crm-analytics"
@@ -143,8 +155,13 @@ def _update_latest(reports: Path, run_id: str) -> None:
     os.replace(tmp, reports / "latest")
 
 
-def previous_run(reports: Path, params_file: str, run_id: str) -> Path | None:
-    """Return the newest earlier successful run with the same parameter file.
+def previous_run(
+    reports: Path, params_file: str, run_id: str, stages: Iterable[str] = STAGES
+) -> Path | None:
+    """Return the run to compare with: the newest earlier successful run covering the same stages.
+
+    A run made with ``--only`` covers fewer stages, so a full run is compared with
+    the last full run, never with a partial one in between.
 
     Parameters
     ----------
@@ -154,27 +171,28 @@ def previous_run(reports: Path, params_file: str, run_id: str) -> Path | None:
         Parameter file of the current run (as recorded in manifests).
     run_id : str
         The current run (excluded).
+    stages : iterable of str, default all stages
+        Stages of the current run; the earlier run must have covered each of them.
 
     Returns
     -------
     Path or None
         Its folder, or None for a first run.
     """
-    best: tuple[str, Path] | None = None
-    for manifest in reports.glob("*/manifest.json"):
-        run = manifest.parent
-        if run.name == run_id or run.is_symlink():
-            continue
-        try:
-            m = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if m.get("status") != "ok" or m.get("params_file") != params_file:
-            continue
-        key = str(m.get("ended_at", ""))
-        if best is None or key > best[0]:
-            best = (key, run)
-    return best[1] if best else None
+    wanted = frozenset(stages)
+    candidates = [
+        r
+        for r in read_runs(reports)
+        if r.name != run_id
+        and r.ok
+        and r.manifest.get("params_file") == params_file
+        and wanted <= r.stages
+    ]
+    return (
+        max(candidates, key=lambda r: str(r.manifest.get("ended_at", ""))).path
+        if candidates
+        else None
+    )
 
 
 def add_summary_cell(notebook: Path, html_block: str) -> None:
@@ -187,8 +205,6 @@ def add_summary_cell(notebook: Path, html_block: str) -> None:
     html_block : str
         The summary (:func:`crm_analytics.summary.summary_html`).
     """
-    import nbformat
-
     nb = nbformat.read(notebook, as_version=4)
     cell = nbformat.v4.new_markdown_cell(html_block)
     cell.metadata["tags"] = ["executive-summary"]
@@ -196,7 +212,9 @@ def add_summary_cell(notebook: Path, html_block: str) -> None:
     nbformat.write(nb, notebook)
 
 
-def snapshot_customer_state(store: str, path: Path) -> pd.DataFrame | None:
+def snapshot_customer_state(
+    store: str, path: Path, encryption_key_env: str = ""
+) -> pd.DataFrame | None:
     """Save each customer's segment and churn-risk tier of this run, for the next run's comparison.
 
     The snapshot holds CRM keys, so it goes under ``data/`` (like exports), never
@@ -208,6 +226,8 @@ def snapshot_customer_state(store: str, path: Path) -> pd.DataFrame | None:
         The run's store.
     path : Path
         Parquet file to write.
+    encryption_key_env : str, default ""
+        Environment variable of the store's key, when encrypted.
 
     Returns
     -------
@@ -219,7 +239,7 @@ def snapshot_customer_state(store: str, path: Path) -> pd.DataFrame | None:
     db = duckdb_path(store)
     if db is not None and not db.exists():
         return None
-    con = connect(store, read_only=db is not None)
+    con = connect(store, read_only=db is not None, encryption_key_env=encryption_key_env)
     try:
         parts = []
         for table, column in (("customer_segments", "segment"), ("churn_scores", "risk_tier")):
@@ -265,16 +285,7 @@ def prune_runs(reports: Path, keep: int, current: str) -> list[str]:
     import shutil
 
     latest = (reports / "latest").resolve().name if (reports / "latest").is_symlink() else None
-    runs = []
-    for manifest in reports.glob("*/manifest.json"):
-        if manifest.parent.is_symlink():
-            continue
-        try:
-            started = str(json.loads(manifest.read_text(encoding="utf-8")).get("started_at", ""))
-        except (OSError, json.JSONDecodeError):
-            started = ""
-        runs.append((started, manifest.parent.name))
-    runs.sort(reverse=True)
+    runs = sorted(((r.started_at, r.name) for r in read_runs(reports)), reverse=True)
     removed = []
     for _, name in runs[max(keep, 1) :]:
         if name in (current, latest):
@@ -298,7 +309,8 @@ def skip_reason(store: str, stage: str, stage_params: dict[str, Any] | None = No
     stage : str
         Stage name.
     stage_params : dict, optional
-        The stage's parameters: a forecast given its own ``series_source`` needs no orders.
+        The stage's parameters: a forecast given its own ``series_source`` needs no
+        orders; ``encryption_key_env`` opens an encrypted store.
 
     Returns
     -------
@@ -313,7 +325,8 @@ def skip_reason(store: str, stage: str, stage_params: dict[str, Any] | None = No
     path = duckdb_path(store)
     if path is not None and not path.exists():
         return None  # nothing collected yet: let the stage report its own error
-    con = connect(store, read_only=path is not None)
+    key_env = str((stage_params or {}).get("encryption_key_env", ""))
+    con = connect(store, read_only=path is not None, encryption_key_env=key_env)
     try:
         missing = [
             t
@@ -327,6 +340,186 @@ def skip_reason(store: str, stage: str, stage_params: dict[str, Any] | None = No
     return f"skipped: this data has no {', '.join(missing)} (transactions), which the {stage} stage needs"
 
 
+class StoreBusy(RuntimeError):
+    """Another run holds the store's lock."""
+
+
+@contextlib.contextmanager
+def store_lock(store_file: Path, run_id: str) -> Iterator[Path]:
+    """Hold an exclusive lock on a DuckDB store for the length of a run.
+
+    The lock is ``<store>.lock`` taken with ``flock``: the operating system
+    releases it when the process ends, however it ends, so a killed run never
+    leaves a stale lock behind. The file names the run holding it.
+
+    Parameters
+    ----------
+    store_file : Path
+        The store's DuckDB file.
+    run_id : str
+        The run taking the lock.
+
+    Yields
+    ------
+    Path
+        The lock file.
+
+    Raises
+    ------
+    StoreBusy
+        If another run holds the lock (its run id and process are in the message).
+    """
+    store_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = store_file.with_name(store_file.name + ".lock")
+    with lock.open("a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown run"
+            raise StoreBusy(
+                f"store {store_file} is in use by another run ({holder}); wait for it to "
+                "finish, or give this run its own store"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(
+            f"run {run_id}, pid {os.getpid()}, since {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC\n"
+        )
+        fh.flush()
+        try:
+            yield lock
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def working_copy(store_file: Path, run_id: str, encryption_key_env: str = "") -> Path:
+    """Copy the store to a run's private working file (call while holding :func:`store_lock`).
+
+    Stages write to the copy; :func:`commit_working_copy` swaps it in when the run
+    succeeds. A run that fails or is killed leaves the store exactly as the last
+    successful run left it. Working files of killed runs are removed here.
+
+    Parameters
+    ----------
+    store_file : Path
+        The store's DuckDB file (need not exist yet).
+    run_id : str
+        The run.
+    encryption_key_env : str, default ""
+        Environment variable of the store's key, when encrypted.
+
+    Returns
+    -------
+    Path
+        The working file (absent when the store does not exist yet).
+    """
+    for stale in store_file.parent.glob(f".{store_file.name}.*.work"):
+        discard_working_copy(stale)
+    work = store_file.with_name(f".{store_file.name}.{run_id}.work")
+    if store_file.exists():
+        if store_file.with_name(store_file.name + ".wal").exists():
+            checkpoint(store_file, encryption_key_env)
+        shutil.copyfile(store_file, work)
+    return work
+
+
+def commit_working_copy(work: Path, store_file: Path, encryption_key_env: str = "") -> None:
+    """Swap a finished run's working file in as the store, atomically.
+
+    Parameters
+    ----------
+    work : Path
+        The working file from :func:`working_copy`.
+    store_file : Path
+        The store's DuckDB file.
+    encryption_key_env : str, default ""
+        Environment variable of the store's key, when encrypted.
+    """
+    checkpoint(work, encryption_key_env)
+    os.replace(work, store_file)
+    discard_working_copy(work)
+
+
+def discard_working_copy(work: Path) -> None:
+    """Remove a working file and DuckDB's companions (write-ahead log, spill folder).
+
+    Parameters
+    ----------
+    work : Path
+        The working file from :func:`working_copy`.
+    """
+    for path in (work, work.with_name(work.name + ".wal"), work.with_name(work.name + ".tmp")):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+
+
+def _alive(pid: Any) -> bool:
+    """Return whether a process with this id is running on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def mark_interrupted(reports: Path) -> list[str]:
+    """Mark runs whose manifest says "running" but whose process is gone as interrupted.
+
+    Parameters
+    ----------
+    reports : Path
+        Folder of run folders.
+
+    Returns
+    -------
+    list of str
+        Run ids marked.
+    """
+    marked = []
+    for run in read_runs(reports):
+        m = run.manifest
+        if m.get("status") == "running" and not _alive(m.get("pid")):
+            m["status"] = "interrupted"
+            m["error"] = (
+                "the run's process ended before the run finished (killed?); the store was left as before it"
+            )
+            _write_json(run.path / "manifest.json", m)
+            marked.append(run.name)
+    return marked
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _new_run_folder(reports: Path, run_id: str | None) -> Path:
+    """Create and return the run folder; a default (time-stamped) id gets a suffix if taken."""
+    reports.mkdir(parents=True, exist_ok=True)
+    if run_id:
+        run_dir = reports / run_id
+        if run_dir.exists():
+            raise FileExistsError(f"run folder {run_dir} already exists; pick another --run-id")
+        run_dir.mkdir()
+        return run_dir
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 1000):
+        try:
+            run_dir = reports / (stamp if n == 1 else f"{stamp}-{n}")
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free run folder for {stamp} under {reports}")
+
+
 def run_pipeline(
     params_file: str | Path,
     run_id: str | None = None,
@@ -338,6 +531,11 @@ def run_pipeline(
     keep: int = 0,
 ) -> Path:
     """Run the selected stages and write the run's reports.
+
+    A DuckDB store is locked for the run (a second run on the same store stops
+    with :class:`StoreBusy`) and the stages work on a private copy of it that
+    replaces the store only when every stage succeeded: a run that fails or is
+    killed leaves the store, ``reports/latest`` and earlier runs as they were.
 
     Parameters
     ----------
@@ -364,35 +562,66 @@ def run_pipeline(
     Raises
     ------
     StageFailed
-        If a notebook fails.
+        If a notebook fails or its kernel dies.
+    StoreBusy
+        If another run holds the store.
     FileExistsError
         If the run folder already exists.
     """
+    root = project_root()
+    params = _absolute_paths(load_params(resolve_path(params_file, root)), root)
+    check_no_secrets(params)
+    language = check_language(str(params.get("report_language", "en")))
+    stages = stages_to_run(from_stage, only)
+    reports = resolve_path(reports_dir, root)
+    store_file = duckdb_path(str(params.get("store", "")))
+    if store_file is None:  # a database URL: the server keeps its own consistency
+        return _run_stages(params, params_file, stages, reports, run_id, None, kernel, progress,
+                           keep, language)  # fmt: skip
+    lock_id = run_id or f"pid {os.getpid()}"
+    with store_lock(store_file, lock_id):
+        return _run_stages(params, params_file, stages, reports, run_id, store_file, kernel,
+                           progress, keep, language)  # fmt: skip
+
+
+def _run_stages(
+    params: dict[str, Any],
+    params_file: str | Path,
+    stages: list[str],
+    reports: Path,
+    run_id: str | None,
+    store_file: Path | None,
+    kernel: str | None,
+    progress: bool,
+    keep: int,
+    language: str,
+) -> Path:
+    """Run the stages (the store already locked) and write the reports; see :func:`run_pipeline`."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     root = project_root()
-    params = _absolute_paths(load_params(resolve_path(params_file, root)), root)
-    check_no_secrets(params)
-    stages = stages_to_run(from_stage, only)
-    run_id = run_id or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    reports = resolve_path(reports_dir, root)
-    run_dir = reports / run_id
-    if run_dir.exists():
-        raise FileExistsError(f"run folder {run_dir} already exists; pick another --run-id")
-    run_dir.mkdir(parents=True)
+    if reports.is_dir():
+        mark_interrupted(reports)
+    run_dir = _new_run_folder(reports, run_id)
+    run_id = run_dir.name
     kernel = kernel or kernel_name()
+    key_env = str(params.get("encryption_key_env", ""))
+    work = working_copy(store_file, run_id, key_env) if store_file is not None else None
+    store = str(work) if work is not None else str(params.get("store", ""))
     manifest: dict[str, Any] = {
         "run_id": run_id,
         "params_file": str(params_file),
         "parameters": params,
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "status": "running",
+        "pid": os.getpid(),
         "kernel": kernel,
         "packages": package_versions(),
         "command": " ".join(sys.argv),
         "stages": [],
     }
+    _write_json(run_dir / "manifest.json", manifest)
     log_file = run_dir / "run.log"
 
     def say(line: str) -> None:
@@ -404,8 +633,7 @@ def run_pipeline(
 
     say(f"run {run_id}: parameters {params_file}, stages {', '.join(stages)}")
     report_settings = params.get("report") or {}
-    language = str(report_settings.get("language", "en"))
-    before = previous_run(reports, str(params_file), run_id)
+    before = previous_run(reports, str(params_file), run_id, stages)
     previous = read_stage_metrics(before) if before else {}
     manifest["previous_run"] = before.name if before else None
     t_run = time.perf_counter()
@@ -413,7 +641,7 @@ def run_pipeline(
     for i, stage in enumerate(stages, 1):
         nb_name = NOTEBOOKS[stage]
         out_nb = run_dir / nb_name
-        stage_params = {**stage_parameters(params, stage), "run_dir": str(run_dir)}
+        stage_params = {**stage_parameters(params, stage), "run_dir": str(run_dir), "store": store}
         say(f"[{i}/{len(stages)}] {stage}: running {nb_name} ...")
         entry: dict[str, Any] = {
             "stage": stage,
@@ -422,7 +650,7 @@ def run_pipeline(
             "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         t0 = time.perf_counter()
-        reason = skip_reason(str(params.get("store", "")), stage, stage_params)
+        reason = skip_reason(store, stage, stage_params)
         if reason:
             entry.update(status="skipped", reason=reason, seconds=0.0)
             entry["ended_at"] = entry["started_at"]
@@ -449,17 +677,30 @@ def run_pipeline(
                 f"stage {stage} failed in notebooks/{nb_name}, cell {exc.cell_index}: "
                 f"{exc.ename}: {exc.evalue} (executed notebook: {out_nb})"
             )
+        except Exception as exc:  # the kernel died (killed, or out of memory) or could not start
+            entry["status"] = "failed"
+            entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            failure = StageFailed(
+                f"stage {stage}: the notebook kernel stopped ({type(exc).__name__}: {exc}). "
+                "It was killed or ran out of memory; set memory_limit to make the store spill "
+                f"to disk sooner. The store is unchanged. (partial notebook: {out_nb})"
+            )
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         entry["ended_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         stage_file = run_dir / "stages" / f"{stage}.json"
         if out_nb.exists() and entry["status"] == "ok" and stage_file.is_file():
             this = json.loads(stage_file.read_text(encoding="utf-8"))
             add_summary_cell(out_nb, summary_html(stage, this, previous.get(stage), language))
+        if out_nb.exists() and language != "en":
+            translated = nbformat.read(out_nb, as_version=4)
+            translate_notebook(translated, language)
+            nbformat.write(translated, out_nb)
         if out_nb.exists():
             html_name = nb_name.replace(".ipynb", ".html")
             render_html(out_nb, run_dir / html_name)
             entry["html"] = html_name
         manifest["stages"].append(entry)
+        _write_json(run_dir / "manifest.json", manifest)
         say(
             f"      {entry['status']} in {entry['seconds']:.1f} s"
             + (f": {entry['error']}" if "error" in entry else "")
@@ -472,16 +713,10 @@ def run_pipeline(
     manifest["source_files"] = metrics.get("collect", {}).pop("source_files", None)
     manifest["seconds"] = round(time.perf_counter() - t_run, 2)
     manifest["ended_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    manifest["status"] = "failed" if failure else "ok"
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    (run_dir / "manifest.json").write_text(
-        json.dumps(manifest, indent=2, ensure_ascii=False, default=str)
-    )
     if not failure:
         snapshots = resolve_path(str(report_settings.get("snapshot_dir", "data/snapshots")), root)
-        state = snapshot_customer_state(
-            str(params.get("store", "")), snapshots / f"{run_id}.parquet"
-        )
+        state = snapshot_customer_state(store, snapshots / f"{run_id}.parquet", key_env)
         if before is not None:
             old_file = snapshots / f"{before.name}.parquet"
             old_state = pd.read_parquet(old_file) if old_file.is_file() else None
@@ -490,9 +725,12 @@ def run_pipeline(
                 encoding="utf-8",
             )
             manifest["comparison"] = "comparison.html"
-            (run_dir / "manifest.json").write_text(
-                json.dumps(manifest, indent=2, ensure_ascii=False, default=str)
-            )
+        if work is not None and store_file is not None and work.exists():
+            commit_working_copy(work, store_file, key_env)
+    elif work is not None:
+        discard_working_copy(work)
+    manifest["status"] = "failed" if failure else "ok"
+    _write_json(run_dir / "manifest.json", manifest)
     write_index(run_dir, manifest, metrics, previous, language)
     write_run_list(reports)
     if failure:

@@ -10,6 +10,7 @@ column lists that collect checks sources against) is derived from here.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,3 +290,26 @@ def data_model_markdown() -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def require_columns(frame: Any, columns: Iterable[str], name: str = "input") -> None:
+    """Raise ``ValueError`` naming the first column a frame or table lacks.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame or ibis.expr.types.Table
+        Anything with a ``columns`` attribute.
+    columns : iterable of str
+        Required columns.
+    name : str, default "input"
+        What the frame is, for the message.
+
+    Raises
+    ------
+    ValueError
+        ``"<name> has no column '<c>'"`` for the first missing column.
+    """
+    present = set(frame.columns)
+    for c in columns:
+        if c not in present:
+            raise ValueError(f"{name} has no column {c!r}")

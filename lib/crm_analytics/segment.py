@@ -19,6 +19,8 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
+from crm_analytics.schemas import require_columns
+
 RF_SEGMENT_RULES: list[tuple[tuple[int, int], tuple[int, int], str]] = [
     ((5, 5), (4, 5), "Champions"),
     ((3, 4), (4, 5), "Loyal Customers"),
@@ -129,13 +131,6 @@ the planted personas (ARI 0.21) against 0.15 when recency, tenure and ticket cou
 Pass ``features`` (notebook parameter ``cluster_features``) to choose others."""
 
 
-def _require(frame: pd.DataFrame, columns: list[str]) -> None:
-    """Raise ``ValueError`` naming the first missing column."""
-    for c in columns:
-        if c not in frame.columns:
-            raise ValueError(f"missing column {c!r}")
-
-
 def quantile_score(values: pd.Series, bins: int = 5, higher_is_better: bool = True) -> pd.Series:
     """Score values 1..``bins`` by quantile, ties broken by order of appearance.
 
@@ -241,7 +236,7 @@ def rfm_table(
     ValueError
         If a column is missing.
     """
-    _require(features, [customer_col, recency_col, frequency_col, monetary_col])
+    require_columns(features, [customer_col, recency_col, frequency_col, monetary_col])
     buyers = features.loc[
         features[frequency_col] > 0, [customer_col, recency_col, frequency_col, monetary_col]
     ].copy()
@@ -278,7 +273,7 @@ def segment_summary(rfm: pd.DataFrame, monetary_col: str = "monetary_total") -> 
         segment, customers, share_customers, revenue, share_revenue,
         mean_recency_days, mean_frequency, mean_monetary; largest first.
     """
-    _require(rfm, ["segment", "recency_days", "frequency", monetary_col])
+    require_columns(rfm, ["segment", "recency_days", "frequency", monetary_col])
     g = rfm.groupby("segment")
     out = pd.DataFrame(
         {
@@ -433,7 +428,7 @@ def cluster_profiles(frame: pd.DataFrame, labels: np.ndarray, features: list[str
         the two features furthest above and below the overall mean (in standard
         deviations), in words.
     """
-    _require(frame, features)
+    require_columns(frame, features)
     data = frame[features].astype(float)
     overall_mean, overall_sd = data.mean(), data.std(ddof=0).replace(0, 1)
     rows = []
@@ -548,7 +543,7 @@ def cohort_matrices(activity: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     revenue : pandas.DataFrame
         Revenue per cohort member in each period.
     """
-    _require(activity, ["cohort", "period", "customers", "revenue"])
+    require_columns(activity, ["cohort", "period", "customers", "revenue"])
     size = activity[activity.period == 0].set_index("cohort").customers
     buyers = activity.pivot_table(
         index="cohort", columns="period", values="customers", aggfunc="sum"
@@ -583,7 +578,7 @@ def segment_actions(
     pandas.DataFrame
         segment, description, action, customers, revenue, value_at_stake; by value at stake.
     """
-    _require(segments, ["segment", value_col, revenue_col])
+    require_columns(segments, ["segment", value_col, revenue_col])
     g = segments.groupby("segment")
     out = pd.DataFrame(
         {
@@ -658,8 +653,8 @@ def campaign_lists(
     pandas.DataFrame
         :data:`CAMPAIGN_FIELDS` only, formula-like text neutralised.
     """
-    _require(customers, ["customer_id", consent_col])
-    _require(segments, ["customer_id", "segment"])
+    require_columns(customers, ["customer_id", consent_col])
+    require_columns(segments, ["customer_id", "segment"])
     consenting = customers[customers[consent_col].fillna(False).astype(bool)]
     out = consenting.merge(segments[["customer_id", "segment"]], on="customer_id")
     if wanted:
@@ -706,8 +701,8 @@ def satisfaction_by(surveys: pd.DataFrame, groups: pd.DataFrame, by: str) -> pd.
     pandas.DataFrame
         ``by``, answers, nps, csat; a new frame.
     """
-    _require(surveys, ["customer_id", "nps", "csat"])
-    _require(groups, ["customer_id", by])
+    require_columns(surveys, ["customer_id", "nps", "csat"])
+    require_columns(groups, ["customer_id", by])
     j = surveys.merge(groups[["customer_id", by]], on="customer_id")
     rows = [
         {
@@ -736,7 +731,7 @@ def satisfaction_over_time(surveys: pd.DataFrame, time_col: str = "answered_at")
     pandas.DataFrame
         month, answers, nps, csat.
     """
-    _require(surveys, [time_col, "nps", "csat"])
+    require_columns(surveys, [time_col, "nps", "csat"])
     month = pd.to_datetime(surveys[time_col]).dt.to_period("M").dt.to_timestamp()
     rows = [
         {
@@ -783,7 +778,7 @@ def comment_keywords(
     import jieba.analyse
 
     jieba.setLogLevel(logging.WARNING)
-    _require(surveys, ["customer_id", "comment"])
+    require_columns(surveys, ["customer_id", "comment"])
     j = surveys[surveys.comment.notna() & (surveys.comment.astype(str).str.strip() != "")]
     j = j.merge(groups[["customer_id", by]], on="customer_id")
     rows = []

@@ -3,10 +3,18 @@
 The default store is an embedded DuckDB file. A database URL
 (``postgresql://user@host:port/db``) selects another ibis backend; the stage
 code is the same ibis expressions either way.
+
+A DuckDB store can be encrypted at rest (AES-GCM): the ``encryption_key_env``
+parameter names the environment variable holding the key, which is never
+written to a file. Writing encrypted files needs DuckDB's httpfs extension
+(OpenSSL); it is loaded from the ``duckdb-extension-httpfs`` package, or from
+DuckDB's own extension folder. Without it an encrypted store fails with a clear
+message: it is never written unencrypted instead.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +42,95 @@ def is_url(store: str) -> bool:
     return "://" in store
 
 
-def connect(store: str, *, read_only: bool = False, memory_limit: str | None = None) -> BaseBackend:
+class EncryptionUnavailable(RuntimeError):
+    """An encrypted store was asked for but DuckDB cannot write encrypted files here."""
+
+
+def _quote(value: str) -> str:
+    """Quote a SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def encryption_key(encryption_key_env: str) -> str | None:
+    """Return the store's encryption key from the environment (None when not encrypted).
+
+    Parameters
+    ----------
+    encryption_key_env : str
+        Name of the environment variable holding the key; empty for an unencrypted store.
+
+    Returns
+    -------
+    str or None
+        The key.
+
+    Raises
+    ------
+    ValueError
+        If the variable is named but not set (or empty).
+    """
+    if not encryption_key_env:
+        return None
+    key = os.environ.get(encryption_key_env, "")
+    if not key:
+        raise ValueError(
+            f"the store is encrypted with the key in the environment variable "
+            f"{encryption_key_env}, which is not set"
+        )
+    return key
+
+
+def load_crypto(con: Any) -> str:
+    """Load DuckDB's httpfs extension (OpenSSL), needed to write encrypted files.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection or ibis DuckDB backend
+        Connection to load it into (anything with ``execute`` or ``raw_sql``).
+
+    Returns
+    -------
+    str
+        Where it was loaded from.
+
+    Raises
+    ------
+    EncryptionUnavailable
+        If neither the ``duckdb-extension-httpfs`` package nor an installed httpfs
+        extension can be loaded.
+    """
+    run = con.raw_sql if hasattr(con, "raw_sql") else con.execute
+    tried = []
+    try:
+        from importlib import resources
+
+        import duckdb
+
+        pkg = resources.files("duckdb_extension_httpfs")
+        ext = pkg / "extensions" / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"
+        run(f"LOAD {_quote(str(ext))}")
+        return str(ext)
+    except Exception as exc:  # package missing, or built for another DuckDB
+        tried.append(f"duckdb-extension-httpfs: {type(exc).__name__}: {exc}"[:200])
+    try:
+        run("LOAD httpfs")
+        return "httpfs"
+    except Exception as exc:
+        tried.append(f"LOAD httpfs: {type(exc).__name__}: {exc}"[:200])
+    raise EncryptionUnavailable(
+        "cannot write an encrypted store: DuckDB needs its httpfs extension (OpenSSL). "
+        "Install the duckdb-extension-httpfs package matching your DuckDB version, or run "
+        "INSTALL httpfs once with network access. Tried: " + "; ".join(tried)
+    )
+
+
+def connect(
+    store: str,
+    *,
+    read_only: bool = False,
+    memory_limit: str | None = None,
+    encryption_key_env: str = "",
+) -> BaseBackend:
     """Open the store.
 
     Parameters
@@ -48,17 +144,42 @@ def connect(store: str, *, read_only: bool = False, memory_limit: str | None = N
         Open a DuckDB file read-only.
     memory_limit : str, optional
         DuckDB memory limit such as ``"2GB"``; DuckDB spills to disk beyond it.
+    encryption_key_env : str, default ""
+        Name of the environment variable holding the key of an encrypted DuckDB
+        store; empty for an unencrypted one.
 
     Returns
     -------
     ibis.backends.BaseBackend
         A connected ibis backend.
+
+    Raises
+    ------
+    ValueError
+        If the key variable is not set, or encryption is asked of a database URL.
+    EncryptionUnavailable
+        If DuckDB cannot write encrypted files here.
     """
     store = expand_env(store)
+    key = encryption_key(encryption_key_env)
     if is_url(store):
+        if key:
+            raise ValueError(
+                "encryption_key_env applies to DuckDB stores only, not to database URLs"
+            )
         return ibis.connect(store)
     if store == ":memory:":
         con = ibis.duckdb.connect()
+    elif key:
+        path = resolve_path(store)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = ibis.duckdb.connect()
+        load_crypto(con)
+        options = f"ENCRYPTION_KEY {_quote(key)}" + (", READ_ONLY" if read_only else "")
+        con.raw_sql(f"ATTACH {_quote(str(path))} AS store ({options})")
+        con.raw_sql("USE store")
+        con.raw_sql(f"SET temp_directory = {_quote(str(path) + '.tmp')}")
+        con.raw_sql("SET temp_file_encryption = true")
     else:
         path = resolve_path(store)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,3 +265,28 @@ def duckdb_path(store: str) -> Path | None:
     if is_url(store) or store == ":memory:":
         return None
     return resolve_path(store)
+
+
+def checkpoint(db_file: Path, encryption_key_env: str = "") -> None:
+    """Fold a DuckDB file's write-ahead log into the file.
+
+    Parameters
+    ----------
+    db_file : Path
+        The DuckDB file.
+    encryption_key_env : str, default ""
+        Environment variable of its key, when encrypted.
+    """
+    import duckdb
+
+    key = encryption_key(encryption_key_env)
+    con = duckdb.connect(str(db_file) if key is None else ":memory:")
+    try:
+        if key is None:
+            con.execute("CHECKPOINT")
+        else:
+            load_crypto(con)
+            con.execute(f"ATTACH {_quote(str(db_file))} AS store (ENCRYPTION_KEY {_quote(key)})")
+            con.execute("CHECKPOINT store")
+    finally:
+        con.close()

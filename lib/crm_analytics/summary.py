@@ -15,15 +15,25 @@ from typing import Any
 
 import pandas as pd
 
-LANGUAGES: tuple[str, ...] = ("en", "zh")
-"""Report languages."""
+from crm_analytics.i18n import check_language
+from crm_analytics.schemas import require_columns
+
+INDEX_CSS = """
+body { font-family: system-ui, 'Noto Sans CJK SC', 'WenQuanYi Micro Hei', sans-serif; margin: 2rem auto; max-width: 64rem; color: #222; padding: 0 1rem; }
+table { border-collapse: collapse; width: 100%; margin: .4rem 0 1.2rem; }
+td, th { border-bottom: 1px solid #ddd; padding: .35rem .6rem; text-align: left; vertical-align: top; }
+th { background: #f3f5f8; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+.bar { background: #4c72b0; height: .8rem; display: inline-block; }
+.ok { color: #1a7f37; } .failed { color: #b42318; } .skipped { color: #8a6d00; }
+@media print { a { color: inherit; text-decoration: none; } }
+"""
+"""Style of the run index, run list and comparison pages."""
 
 
 def _t(language: str, en: str, zh: str) -> str:
     """Return the text in the report language."""
-    if language not in LANGUAGES:
-        raise ValueError(f"report_language must be one of {', '.join(LANGUAGES)}, got {language!r}")
-    return zh if language == "zh" else en
+    return zh if check_language(language) == "zh" else en
 
 
 def get(metrics: dict[str, Any] | None, path: str) -> Any:
@@ -114,15 +124,16 @@ class KeyFigure:
         return "good" if (a > b) == self.higher_is_better else "bad"
 
 
-def format_value(value: Any, kind: str) -> str:
-    """Format a key figure.
+def format_value(value: Any, kind: str = "auto") -> str:
+    """Format a figure for a summary, index or comparison page.
 
     Parameters
     ----------
     value : Any
-        The value.
-    kind : str
-        "count", "share", "score" or "money".
+        The value; None and non-finite numbers show as ``-``.
+    kind : str, default "auto"
+        "count", "share", "score", "money", or "auto" (three decimals below 10,
+        none from 10, thousands separators for integers).
 
     Returns
     -------
@@ -133,6 +144,8 @@ def format_value(value: Any, kind: str) -> str:
         return "-"
     if isinstance(value, str):
         return html.escape(value)
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float) and not math.isfinite(value):
         return "-"
     if kind == "share":
@@ -141,6 +154,10 @@ def format_value(value: Any, kind: str) -> str:
         return f"{value:.3f}"
     if kind == "money":
         return f"{value:,.0f}"
+    if kind == "auto":
+        if isinstance(value, int):
+            return f"{value:,}"
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
     return f"{value:,.0f}" if float(value).is_integer() or abs(value) >= 100 else f"{value:,.2f}"
 
 
@@ -453,10 +470,8 @@ def migration_matrix(before: pd.DataFrame, after: pd.DataFrame, column: str) -> 
     ValueError
         If a column is missing.
     """
-    for frame in (before, after):
-        for c in ("customer_id", column):
-            if c not in frame.columns:
-                raise ValueError(f"missing column {c!r}")
+    for frame, name in ((before, "before"), (after, "after")):
+        require_columns(frame, ["customer_id", column], name)
     j = before[["customer_id", column]].merge(
         after[["customer_id", column]],
         on="customer_id",
@@ -531,7 +546,9 @@ def quality_changes(
 
 
 def _frame_html(frame: pd.DataFrame, index: bool = False) -> str:
-    """Return an escaped HTML table."""
+    """Return an escaped HTML table; missing values (None or NaN, in any column) show as ``-``."""
+    text = frame.select_dtypes(exclude="number").columns
+    frame = frame.assign(**{c: frame[c].astype(object).where(frame[c].notna(), "-") for c in text})
     return frame.to_html(index=index, escape=True, border=0, na_rep="-", float_format=lambda v: f"{v:,.3f}"
                          if abs(v) < 10 else f"{v:,.0f}")  # fmt: skip
 
@@ -563,8 +580,6 @@ def comparison_html(
     str
         A self-contained HTML page (inline CSS, no scripts, no images).
     """
-    from crm_analytics.report import INDEX_CSS
-
     e = html.escape
     L = language
     parts = [f"<h1>{_t(L, 'What changed since the previous run', '与上次运行相比的变化')}</h1>",

@@ -1,0 +1,148 @@
+"""Runs that fail, are killed or collide leave the store and earlier reports as they were."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+import psutil
+import pytest
+import yaml
+
+from crm_analytics import cli
+from crm_analytics.runner import (
+    StoreBusy,
+    commit_working_copy,
+    discard_working_copy,
+    mark_interrupted,
+    run_pipeline,
+    store_lock,
+    working_copy,
+)
+from tests.test_pipeline import _params
+
+
+def _value(db):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute("SELECT x FROM t").fetchone()[0]
+    finally:
+        con.close()
+
+
+def _set(db, x):
+    con = duckdb.connect(str(db))
+    con.execute(f"CREATE OR REPLACE TABLE t AS SELECT {x} AS x")
+    con.close()
+
+
+def test_working_copy_changes_the_store_only_when_committed(tmp_path):
+    store = tmp_path / "s.duckdb"
+    _set(store, 1)
+    (tmp_path / ".s.duckdb.killed-run.work").write_bytes(b"left by a killed run")
+    work = working_copy(store, "r1")
+    assert not (tmp_path / ".s.duckdb.killed-run.work").exists()
+    _set(work, 2)
+    discard_working_copy(work)
+    assert _value(store) == 1 and not work.exists()
+    work = working_copy(store, "r2")
+    _set(work, 3)
+    assert _value(store) == 1  # nothing visible before the commit
+    commit_working_copy(work, store)
+    assert _value(store) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.duckdb"]
+
+
+def test_second_run_on_a_locked_store_stops_with_exit_3_and_names_the_holder(tmp_path, capsys):
+    params = {"store": str(tmp_path / "s.duckdb"), "report_language": "en"}
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(params))
+    with store_lock(tmp_path / "s.duckdb", "weekly-1"):
+        with pytest.raises(StoreBusy, match=r"in use by another run \(run weekly-1, pid \d+"):
+            run_pipeline(f, run_id="r2", reports_dir=tmp_path / "reports", progress=False)
+        status = cli.main(["run", "--params", str(f), "--run-id", "r3",
+                           "--reports-dir", str(tmp_path / "reports")])  # fmt: skip
+        assert status == cli.EXIT_STORE_BUSY == 3
+        assert "weekly-1" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").iterdir())
+    with store_lock(tmp_path / "s.duckdb", "r4"):  # released: the next run gets it
+        pass
+
+
+def test_runs_whose_process_is_gone_are_marked_interrupted(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for name, pid in (("dead", gone.pid), ("alive", os.getpid())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(
+            json.dumps({"status": "running", "pid": pid, "started_at": "2026-01-01"})
+        )
+    assert mark_interrupted(tmp_path) == ["dead"]
+    assert json.loads((tmp_path / "dead" / "manifest.json").read_text())["status"] == "interrupted"
+    assert json.loads((tmp_path / "alive" / "manifest.json").read_text())["status"] == "running"
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _start(params_file, reports, run_id):
+    cmd = [sys.executable, "-m", "crm_analytics", "run", "--params", str(params_file),
+           "--run-id", run_id, "--only", "clean", "--reports-dir", str(reports)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _kernel_writing(proc, work, timeout=180):
+    """Wait until the run's kernel is writing the working copy; return the kernel process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        kernels = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "ipykernel" in " ".join(p.cmdline())]  # fmt: skip
+        if kernels and work.with_name(work.name + ".wal").exists():
+            return kernels[0]
+        time.sleep(0.02)
+    raise AssertionError("the clean stage never started writing")
+
+
+@pytest.mark.pipeline
+def test_kill_9_mid_stage_leaves_the_store_and_reports_intact(tiny_dataset, tmp_path):
+    params = _params(tiny_dataset, tmp_path)
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(params, allow_unicode=True))
+    reports, store = tmp_path / "reports", tmp_path / "store.duckdb"
+    run_pipeline(f, run_id="good", only="collect", reports_dir=reports, progress=False)
+    before = _sha(store)
+
+    # 1. kill -9 of the notebook kernel in the middle of the clean stage
+    proc = _start(f, reports, "kernel-killed")
+    _kernel_writing(proc, tmp_path / ".store.duckdb.kernel-killed.work").send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "kernel stopped" in err and "store is unchanged" in err
+    assert _sha(store) == before
+    manifest = json.loads((reports / "kernel-killed" / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+
+    # 2. kill -9 of the runner itself (and its kernel) in the middle of the stage
+    proc = _start(f, reports, "runner-killed")
+    kernel = _kernel_writing(proc, tmp_path / ".store.duckdb.runner-killed.work")
+    proc.send_signal(signal.SIGKILL)
+    kernel.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert _sha(store) == before
+    assert (reports / "latest").resolve().name == "good"
+    assert json.loads((reports / "good" / "manifest.json").read_text())["status"] == "ok"
+
+    # the next run succeeds, cleans up and says what happened to the killed one
+    run_pipeline(f, run_id="after", only="clean", reports_dir=reports, progress=False)
+    assert _sha(store) != before and (reports / "latest").resolve().name == "after"
+    killed = json.loads((reports / "runner-killed" / "manifest.json").read_text())
+    assert killed["status"] == "interrupted"
+    assert not list(tmp_path.glob(".store.duckdb.*"))
+    listing = (reports / "index.html").read_text()
+    assert "interrupted" in listing and "failed" in listing
