@@ -278,3 +278,22 @@ def test_gap_distribution_counts_days_between_purchase_days():
     got = features.gap_distribution(ibis.memtable(ORDERS), CUTOFF).to_pandas()
     # a buys on 01-01 and 02-01 (the 02-20 order is refunded): one gap of 31 days; b and c buy once
     assert got.to_dict("list") == {"gap_days": [31], "n": [1]}
+
+
+def test_money_sum_is_exact_whatever_the_row_order():
+    from decimal import Decimal
+
+    import numpy as np
+
+    values = [0.1, 0.2, 0.3, 1_000_000.01, 7.1 * 10.5, 19.99] * 40
+    exact = float(sum(Decimal(f"{v:.2f}") for v in values))
+    rng = np.random.default_rng(0)
+    sums, float_sums = set(), set()
+    for _ in range(6):
+        t = ibis.memtable(pd.DataFrame({"a": rng.permutation(values)}))
+        got = t.aggregate(s=features.money_sum(t.a), m=features.money_mean(t.a)).to_pandas().iloc[0]
+        sums.add(got.s)
+        float_sums.add(float(np.cumsum(rng.permutation(values))[-1]))
+        assert got.m == pytest.approx(exact / len(values))
+    assert sums == {exact}
+    assert len(float_sums) > 1  # a plain float sum does depend on the order

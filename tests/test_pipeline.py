@@ -32,6 +32,8 @@ def _params(dataset, tmp):
     p["forecast"]["horizon"] = 8
     p["forecast"]["promotions_file"] = str(dataset / "promotions.csv")
     p["forecast"]["max_groups"] = 3
+    p["collect"]["suppression_file"] = str(tmp / "suppression.csv")
+    p["report"]["snapshot_dir"] = str(tmp / "snapshots")
     return p
 
 
@@ -127,7 +129,9 @@ def test_injected_parameters_reach_the_notebooks(run):
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1
     src = injected[0].source
-    assert str(tmp / "store.duckdb") in src and "churn_window_days = 0" in src
+    # stages write the run's private copy of the store, swapped in when the run succeeds
+    assert str(tmp / ".store.duckdb.r1.work") in src and "churn_window_days = 0" in src
+    assert not (tmp / ".store.duckdb.r1.work").exists() and (tmp / "store.duckdb").is_file()
     assert f"run_dir = '{run_dir}'" in src or f'run_dir = "{run_dir}"' in src
 
 
@@ -423,10 +427,11 @@ def test_every_report_opens_cleanly_in_a_headless_browser(run, tmp_path):
 
 @pytest.fixture(scope="module")
 def zh_run(tiny_dataset, tmp_path_factory):
-    """The same data and parameters as ``run``, reported in Chinese, in a store of its own."""
+    """The same data and parameters as ``run``, reported in Chinese for analysts, in a store of its own."""
     tmp = tmp_path_factory.mktemp("zh")
     params = _params(tiny_dataset, tmp)
     params["report_language"] = "zh"
+    params["audience"] = "analyst"
     f = tmp / "zh.yaml"
     f.write_text(yaml.safe_dump(params, allow_unicode=True))
     return tmp, run_pipeline(f, run_id="zh", reports_dir=tmp / "reports", progress=False)
@@ -449,3 +454,45 @@ def test_chinese_reports_translate_headings_captions_and_sentences(zh_run):
     assert not any(left.values()), left
     index = (run_dir / "index.html").read_text()
     assert '<html lang="zh"' in index and "摘要" in index
+
+
+def test_analyst_reports_drill_down_by_pseudonymous_id_only(zh_run, tiny_dataset):
+    """audience: analyst adds tables of every scored customer, still without CRM keys or personal data."""
+    _, run_dir = zh_run
+    with sqlite3.connect(tiny_dataset / "crm.sqlite") as db:
+        people = pd.read_sql("select customer_id, email from customers", db)
+    for nb in ("03_segment.html", "04_churn.html"):
+        html = (run_dir / nb).read_text()
+        assert "全部评分客户" in html, nb  # the drill-down table is there
+        assert html.count("cust_") > 100, nb  # every customer, under a pseudonymous id
+        assert not [c for c in people.customer_id if f">{c}<" in html or f'"{c}"' in html], nb
+        assert not [e for e in people.email.dropna() if len(e) > 6 and e in html], nb
+
+
+def test_same_data_and_parameters_give_identical_tables(run, zh_run):
+    """Determinism: two runs on the same data (different stores, different report language) write the same tables."""
+    tmp, _, _ = run
+    zh_tmp, _ = zh_run
+    a = ibis.duckdb.connect(str(tmp / "store-r1.duckdb"), read_only=True)
+    b = ibis.duckdb.connect(str(zh_tmp / "store.duckdb"), read_only=True)
+    assert sorted(a.list_tables()) == sorted(b.list_tables())
+    # what a run records about itself: its id, clock times and durations
+    run_specific = {
+        "dq_history": ["run_id", "measured_at"],
+        "forecast_models": ["seconds"],
+        "source_files": ["loaded_at"],
+    }
+    compared = 0
+    for name in sorted(a.list_tables()):
+        fa, fb = a.table(name).to_pandas(), b.table(name).to_pandas()
+        drop = [c for c in run_specific.get(name, []) if c in fa.columns]
+        fa, fb = fa.drop(columns=drop), fb.drop(columns=drop)
+        assert list(fa.columns) == list(fb.columns), name
+        key = list(fa.columns)
+        fa = fa.astype(str).sort_values(key).reset_index(drop=True)
+        fb = fb.astype(str).sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(fa, fb, obj=name)
+        compared += 1
+    a.disconnect()
+    b.disconnect()
+    assert compared > 30

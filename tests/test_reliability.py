@@ -146,3 +146,26 @@ def test_kill_9_mid_stage_leaves_the_store_and_reports_intact(tiny_dataset, tmp_
     assert not list(tmp_path.glob(".store.duckdb.*"))
     listing = (reports / "index.html").read_text()
     assert "interrupted" in listing and "failed" in listing
+
+
+@pytest.mark.pipeline
+def test_data_larger_than_the_memory_limit_fails_with_a_clear_message(tiny_dataset, tmp_path):
+    """memory_limit far below the data: DuckDB's own out-of-memory error, named, and the store untouched."""
+    from crm_analytics.runner import StageFailed
+
+    params = _params(tiny_dataset, tmp_path)
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(params, allow_unicode=True))
+    reports = tmp_path / "reports"
+    run_pipeline(f, run_id="good", only="collect", reports_dir=reports, progress=False)
+    before = _sha(tmp_path / "store.duckdb")
+    params["memory_limit"] = "1MB"
+    f.write_text(yaml.safe_dump(params, allow_unicode=True))
+    with pytest.raises(StageFailed) as failed:
+        run_pipeline(f, run_id="starved", only="clean", reports_dir=reports, progress=False)
+    message = str(failed.value)
+    assert "notebooks/02_clean.ipynb" in message and "Out of Memory Error" in message
+    assert "raise memory_limit" in message and "The store is unchanged" in message
+    assert _sha(tmp_path / "store.duckdb") == before
+    manifest = json.loads((reports / "starved" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "Out of Memory" in manifest["stages"][0]["error"]

@@ -44,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
         "--keep", type=int, default=0, help="keep only the newest N run folders (0: all)"
     )
 
+    f = sub.add_parser(
+        "forget", help="erase a customer everywhere (right to erasure) and keep them suppressed"
+    )
+    f.add_argument("--customer-id", required=True, help="a CRM key of the person")
+    f.add_argument("--params", default="params/default.yaml", help="parameter YAML of the runs")
+    f.add_argument("--reason", default="", help="why, e.g. the request number (audit log)")
+    f.add_argument("--reports-dir", default="reports", help="folder of run folders")
+    f.add_argument("--audit-file", default="data/erasure_audit.jsonl", help="audit log (appended)")
+
     d = sub.add_parser("docs", help="write docs/data-model.md from the schemas")
     d.add_argument("--out", default="docs/data-model.md", help="output file")
     return p
@@ -85,6 +94,24 @@ def main(argv: list[str] | None = None) -> int:
         except (FileExistsError, FileNotFoundError, ValueError) as exc:
             print(f"crm-analytics: {exc}", file=sys.stderr)
             return EXIT_BAD_SETUP
+        return 0
+    if args.command == "forget":
+        from crm_analytics.runner import StoreBusy, forget_customer
+
+        try:
+            rec = forget_customer(args.params, args.customer_id, args.reason, args.reports_dir,
+                                  args.audit_file)  # fmt: skip
+        except StoreBusy as exc:
+            print(f"crm-analytics: {exc}", file=sys.stderr)
+            return EXIT_STORE_BUSY
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"crm-analytics: {exc}", file=sys.stderr)
+            return EXIT_BAD_SETUP
+        rows = sum(rec["store_rows_deleted"].values())
+        print(f"forgot {rec['records']} record(s): {rows:,} store rows, "
+              f"{sum(rec['file_rows_deleted'].values()):,} export/snapshot rows, "
+              f"{rec['report_files_scrubbed']} report files; suppressed from the next run on "
+              f"(audit: {args.audit_file})")  # fmt: skip
         return 0
     if args.command == "docs":
         from crm_analytics.config import resolve_path

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 
 import ibis
+import ibis.expr.datatypes as dt_
 import ibis.expr.types as ir
 
 from crm_analytics.schemas import require_columns
@@ -29,6 +30,46 @@ def _ts(value: dt.date | dt.datetime | str) -> ir.TimestampScalar:
     if not isinstance(value, dt.datetime):
         value = dt.datetime.combine(value, dt.time())
     return ibis.literal(value, type="timestamp")
+
+
+def money_sum(values: ir.NumericValue, scale: int = 2) -> ir.FloatingScalar:
+    """Sum money exactly, whatever the order of the rows, and return it as a float.
+
+    A float sum depends on the order in which a parallel engine adds the rows,
+    so two runs on the same data could differ in the last bits (and a model fed
+    those features could then choose differently). Summing as a fixed-point
+    decimal (cents by default) is exact, so every run gets the same number.
+
+    Parameters
+    ----------
+    values : ibis numeric column
+        Amounts.
+    scale : int, default 2
+        Decimal places kept (2: cents; more for shares of an amount).
+
+    Returns
+    -------
+    ibis float scalar
+        The exact sum, as float64.
+    """
+    return values.cast(dt_.Decimal(38, scale)).sum().cast("float64")
+
+
+def money_mean(values: ir.NumericValue) -> ir.FloatingScalar:
+    """Mean of money amounts from an exact sum (see :func:`money_sum`).
+
+    Parameters
+    ----------
+    values : ibis numeric column
+        Amounts.
+
+    Returns
+    -------
+    ibis float scalar
+        Sum over count of non-missing amounts (missing when there are none).
+    """
+    n = values.count()
+    return ibis.cases((n > 0, money_sum(values) / n.cast("float64")), else_=ibis.null("float64"))
 
 
 def paid_orders(orders: ir.Table, exclude_outliers: bool = True) -> ir.Table:
@@ -105,8 +146,8 @@ def customer_features(
     has_channel = "channel" in orders.columns
     aggs = {
         "frequency": paid.count(),
-        "monetary_total": paid.amount.sum().cast("float64"),
-        "monetary_mean": paid.amount.mean().cast("float64"),
+        "monetary_total": money_sum(paid.amount),
+        "monetary_mean": money_mean(paid.amount),
         "first_order_ts": paid.order_ts.min(),
         "last_order_ts": paid.order_ts.max(),
         "orders_recent": (paid.order_ts >= recent).sum().cast("int64"),
@@ -168,7 +209,7 @@ def customer_features(
             mean_nps=sv.nps.mean().cast("float64"), mean_csat=sv.csat.mean().cast("float64")
         )
         out = out.left_join(agg, "customer_id").drop("customer_id_right")
-    return out
+    return out.order_by("customer_id")
 
 
 def sales_series(
@@ -216,7 +257,7 @@ def sales_series(
     if by is not None:
         keys[by] = paid[by]
     out = paid.group_by(**keys).aggregate(
-        revenue=paid.amount.sum().cast("float64"), n_orders=paid.count().cast("int64")
+        revenue=money_sum(paid.amount), n_orders=paid.count().cast("int64")
     )
     return out.order_by(["period", by] if by else ["period"])
 
@@ -257,7 +298,7 @@ def churn_labels(
     out = active.left_join(bought, "customer_id").drop("customer_id_right")
     return out.select(
         "customer_id", churned=ibis.cases((out.bought.isnull(), 1), else_=0).cast("int8")
-    )
+    ).order_by("customer_id")
 
 
 def clv_summary(orders: ir.Table, cutoff: dt.date | str, time_unit_days: int = 1) -> ir.Table:
@@ -287,7 +328,7 @@ def clv_summary(orders: ir.Table, cutoff: dt.date | str, time_unit_days: int = 1
     paid = paid_orders(orders)
     paid = paid.filter(paid.order_ts < c)
     daily = paid.group_by(["customer_id", paid.order_ts.date().name("day")]).aggregate(
-        spend=paid.amount.sum().cast("float64")
+        spend=money_sum(paid.amount)
     )
     first = ibis.row_number().over(group_by=daily.customer_id, order_by=daily.day)
     daily = daily.mutate(_i=first)
@@ -296,7 +337,7 @@ def clv_summary(orders: ir.Table, cutoff: dt.date | str, time_unit_days: int = 1
         n_days=daily.count(),
         first_day=daily.day.min(),
         last_day=daily.day.max(),
-        repeat_spend=daily.spend.sum(where=daily._i > 0),
+        repeat_spend=money_sum(daily._i.isin([0]).ifelse(0.0, daily.spend)),
     )
     unit = float(time_unit_days)
     return agg.select(
@@ -307,7 +348,7 @@ def clv_summary(orders: ir.Table, cutoff: dt.date | str, time_unit_days: int = 1
         monetary_value=ibis.cases(
             (agg.n_days > 1, agg.repeat_spend / (agg.n_days - 1)), else_=ibis.literal(0.0)
         ).cast("float64"),
-    )
+    ).order_by("customer_id")
 
 
 def holdout_purchases(orders: ir.Table, cutoff: dt.date | str, holdout_days: int) -> ir.Table:
@@ -333,9 +374,13 @@ def holdout_purchases(orders: ir.Table, cutoff: dt.date | str, holdout_days: int
     paid = paid.filter(
         (paid.order_ts >= c) & (paid.order_ts < c + ibis.interval(days=holdout_days))
     )
-    return paid.group_by("customer_id").aggregate(
-        frequency_holdout=paid.order_ts.date().nunique().cast("int64"),
-        monetary_holdout=paid.amount.sum().cast("float64"),
+    return (
+        paid.group_by("customer_id")
+        .aggregate(
+            frequency_holdout=paid.order_ts.date().nunique().cast("int64"),
+            monetary_holdout=money_sum(paid.amount),
+        )
+        .order_by("customer_id")
     )
 
 
@@ -408,7 +453,7 @@ def lifecycle_stages(
         (days_since_last <= churn_days, "dormant"),
         else_="churned",
     )
-    return last.select("snapshot", "customer_id", stage=stage)
+    return last.select("snapshot", "customer_id", stage=stage).order_by(["snapshot", "customer_id"])
 
 
 def _as_date(value: dt.date | str) -> dt.date:
@@ -441,7 +486,7 @@ def cohort_activity(orders: ir.Table, cutoff: dt.date | str | None = None) -> ir
     period = (j.month.year() - j.cohort.year()) * 12 + (j.month.month() - j.cohort.month())
     j = j.mutate(period=period.cast("int64"))
     out = j.group_by(["cohort", "period"]).aggregate(
-        customers=j.customer_id.nunique().cast("int64"), revenue=j.amount.sum().cast("float64")
+        customers=j.customer_id.nunique().cast("int64"), revenue=money_sum(j.amount)
     )
     return out.order_by(["cohort", "period"])
 
@@ -470,7 +515,7 @@ def category_mix(
     lines = order_items.join(paid, "order_id")
     n = lines.count()
     aggs = {f"cat_{c}": (lines.category == c).ifelse(1.0, 0.0).sum() / n for c in categories}
-    return lines.group_by("customer_id").aggregate(**aggs)
+    return lines.group_by("customer_id").aggregate(**aggs).order_by("customer_id")
 
 
 def event_signals(
@@ -555,7 +600,7 @@ def event_signals(
     return out.mutate(
         abandoned_cart_days=out.abandoned_cart_days.fill_null(0).cast("int64"),
         browsed_not_bought=out.browsed_not_bought.fill_null(0).cast("int64"),
-    )
+    ).order_by("customer_id")
 
 
 def repeat_purchases_by_period(
@@ -642,7 +687,7 @@ def purchase_dynamics(
     for w in windows:
         inside = paid.order_ts >= c - ibis.interval(days=w)
         aggs[f"orders_{w}d"] = inside.sum().cast("int64")
-        aggs[f"spend_{w}d"] = inside.ifelse(paid.amount, 0.0).sum().cast("float64")
+        aggs[f"spend_{w}d"] = money_sum(inside.ifelse(paid.amount, 0.0))
     out = paid.group_by("customer_id").aggregate(**aggs)
     trends = {}
     for w in windows:
@@ -656,13 +701,20 @@ def purchase_dynamics(
     prev = days.day.lag().over(group_by=days.customer_id, order_by=days.day)
     days = days.mutate(gap=days.day.delta(prev, unit="day").cast("float64"))
     days = days.filter(days.gap.notnull())
+    # gaps are whole days: exact integer sums give the same mean and spread on every run
+    whole = days.gap.cast("int64")
     gaps = days.group_by("customer_id").aggregate(
-        gap_mean_days=days.gap.mean(),
-        gap_std_days=days.gap.std(),
+        _n=whole.count(), _s=whole.sum(), _ss=(whole * whole).sum(),
         gap_last_days=days.gap.argmax(days.day),
-    )
+    )  # fmt: skip
+    n, mean = gaps._n.cast("float64"), gaps._s.cast("float64") / gaps._n.cast("float64")
+    var = (gaps._ss.cast("float64") - gaps._s.cast("float64") * mean) / (n - 1.0)
+    gaps = gaps.mutate(
+        gap_mean_days=mean,
+        gap_std_days=(gaps._n > 1).ifelse(var.clip(lower=0.0).sqrt(), ibis.null()),
+    ).select("customer_id", "gap_mean_days", "gap_std_days", "gap_last_days")
     out = out.left_join(gaps, "customer_id").drop("customer_id_right")
-    return out
+    return out.order_by("customer_id")
 
 
 def top_categories(
@@ -780,7 +832,7 @@ def churn_features(
             consent=customers.consent_marketing.ifelse(1, 0).fill_null(0).cast("int8"),
         )
         out = out.left_join(demo, "customer_id").drop("customer_id_right")
-    return out
+    return out.order_by("customer_id")
 
 
 def churn_frame(
@@ -822,7 +874,7 @@ def churn_frame(
         out = feats.join(labels, "customer_id")
     else:
         out = feats.filter(feats.frequency > 0).mutate(churned=ibis.null("int8"))
-    return out.mutate(cutoff=ibis.literal(_as_date(cutoff)))
+    return out.mutate(cutoff=ibis.literal(_as_date(cutoff))).order_by("customer_id")
 
 
 def contract_features(
@@ -871,7 +923,7 @@ def contract_features(
             for v in values.dropna():
                 safe = "".join(ch if ch.isalnum() else "_" for ch in str(v).lower()).strip("_")
                 cols[f"{name}_{safe}"] = (contracts[name] == v).ifelse(1, 0).cast("int8")
-    return contracts.select(key, **cols, churned=churned.cast("int8"))
+    return contracts.select(key, **cols, churned=churned.cast("int8")).order_by(key)
 
 
 SERIES_DIMENSIONS: tuple[str, ...] = ("segment", "category", "region")
@@ -923,19 +975,21 @@ def sales_series_by(
             raise ValueError("the category split needs the order_items table")
         items = tables["order_items"]
         lines = items.mutate(
-            _value=(items.quantity * items.unit_price).cast("float64"),
+            _value=(items.quantity * items.unit_price).cast(dt_.Decimal(38, 2)),
             group=items.category.fill_null("unknown"),
         )
-        per_order = lines.group_by("order_id").aggregate(_order_value=lines._value.sum())
+        # exact (decimal) line values per order and per category: the same shares on every run
+        lines = lines.group_by(["order_id", "group"]).aggregate(_group_value=lines._value.sum())
+        per_order = lines.group_by("order_id").aggregate(_order_value=lines._group_value.sum())
         lines = lines.join(per_order, "order_id")
         share = ibis.cases(
-            (lines._order_value > 0, lines._value / lines._order_value), else_=ibis.literal(0.0)
+            (
+                lines._order_value > 0,
+                lines._group_value.cast("float64") / lines._order_value.cast("float64"),
+            ),
+            else_=ibis.literal(0.0),
         )
-        lines = (
-            lines.mutate(_share=share)
-            .group_by(["order_id", "group"])
-            .aggregate(_share=ibis._._share.sum())
-        )
+        lines = lines.select("order_id", "group", _share=share)
         j = paid.left_join(lines, "order_id")
         j = j.mutate(
             group=j.group.fill_null("unknown"),
@@ -954,7 +1008,7 @@ def sales_series_by(
             j = j.mutate(group=j._segment.fill_null("unknown"))
         j = j.mutate(_amount=j.amount.cast("float64"))
     out = j.group_by(["period", "group"]).aggregate(
-        revenue=j._amount.sum(), n_orders=j.order_id.nunique().cast("int64")
+        revenue=money_sum(j._amount, scale=6), n_orders=j.order_id.nunique().cast("int64")
     )
     return out.order_by(["group", "period"])
 

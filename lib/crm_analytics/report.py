@@ -128,6 +128,36 @@ def set_language(language: str) -> str:
     return i18n.set_language(language)
 
 
+AUDIENCES: tuple[str, ...] = ("stakeholder", "analyst")
+"""Report audiences: aggregates and a few pseudonymous examples, or drill-down tables as well."""
+
+
+def check_audience(audience: str) -> str:
+    """Return ``audience`` if it is a report audience.
+
+    Either way reports never hold raw personal data; ``analyst`` adds tables of
+    every customer under pseudonymous ids.
+
+    Parameters
+    ----------
+    audience : str
+        The ``audience`` parameter.
+
+    Returns
+    -------
+    str
+        The same value.
+
+    Raises
+    ------
+    ValueError
+        If it is not one of :data:`AUDIENCES`.
+    """
+    if audience not in AUDIENCES:
+        raise ValueError(f"audience must be one of {', '.join(AUDIENCES)}, got {audience!r}")
+    return audience
+
+
 def markdown(text: str) -> Any:
     """Return generated markdown text in the report language, for display.
 

@@ -673,9 +673,16 @@ def _run_stages(
             entry["error"] = (
                 f"cell {exc.cell_index} (execution {exc.exec_count}): {exc.ename}: {exc.evalue}"
             )
+            hint = (
+                " The store's memory limit was too small for this step: raise memory_limit "
+                "(DuckDB spills to disk up to it) or run on a larger machine. The store is unchanged."
+                if "Out of Memory" in str(exc.evalue)
+                else ""
+            )
             failure = StageFailed(
                 f"stage {stage} failed in notebooks/{nb_name}, cell {exc.cell_index}: "
-                f"{exc.ename}: {exc.evalue} (executed notebook: {out_nb})"
+                f"{exc.ename}: {str(exc.evalue).splitlines()[0] if exc.evalue else ''}{hint} "
+                f"(executed notebook: {out_nb})"
             )
         except Exception as exc:  # the kernel died (killed, or out of memory) or could not start
             entry["status"] = "failed"
@@ -742,3 +749,77 @@ def _run_stages(
             say(f"removed old run {gone} (keeping the newest {keep})")
     say(f"report: {run_dir / 'index.html'}")
     return run_dir
+
+
+def forget_customer(
+    params_file: str | Path,
+    customer_id: str,
+    reason: str = "",
+    reports_dir: str | Path = "reports",
+    audit_file: str | Path = "data/erasure_audit.jsonl",
+) -> dict[str, Any]:
+    """Erase a customer from the store, exports, snapshots and reports, and suppress them.
+
+    Wiring of :func:`crm_analytics.erasure.forget` with a parameter file: its
+    store (locked for the duration, like a run), its export folders, its
+    snapshot folder and the collect stage's suppression list.
+
+    Parameters
+    ----------
+    params_file : str or Path
+        Parameter YAML of the runs to clean up after.
+    customer_id : str
+        One CRM key of the person.
+    reason : str, default ""
+        Why (a request or ticket number), for the audit log.
+    reports_dir : str or Path, default "reports"
+        Folder of run folders.
+    audit_file : str or Path, default "data/erasure_audit.jsonl"
+        Audit log (appended).
+
+    Returns
+    -------
+    dict
+        The audit record.
+
+    Raises
+    ------
+    StoreBusy
+        If a run holds the store.
+    """
+    from crm_analytics.erasure import forget
+
+    root = project_root()
+    params = _absolute_paths(load_params(resolve_path(params_file, root)), root)
+    check_no_secrets(params)
+    store = str(params.get("store", ""))
+    key_env = str(params.get("encryption_key_env", ""))
+    collect = params.get("collect") or {}
+    suppression = resolve_path(
+        str(collect.get("suppression_file", "data/suppression-default.csv")), root
+    )
+    folders = {
+        resolve_path(str((params.get(stage) or {}).get("export_dir", "data/exports")), root)
+        for stage in ("segment", "churn")
+    }
+    folders.add(
+        resolve_path(str((params.get("report") or {}).get("snapshot_dir", "data/snapshots")), root)
+    )
+    store_file = duckdb_path(store)
+    lock = (
+        store_lock(store_file, f"forget {customer_id}") if store_file else contextlib.nullcontext()
+    )
+    with lock:
+        con = connect(store, encryption_key_env=key_env)
+        try:
+            return forget(
+                con,
+                customer_id,
+                suppression_file=suppression,
+                audit_file=resolve_path(str(audit_file), root),
+                data_folders=sorted(folders),
+                reports=resolve_path(reports_dir, root),
+                reason=reason,
+            )
+        finally:
+            con.disconnect()
