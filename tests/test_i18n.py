@@ -82,3 +82,32 @@ def test_markdown_cells_of_an_executed_notebook_are_translated_but_html_cells_ar
     assert i18n.translate_notebook(nb, "zh") == 1
     assert nb.cells[0].source.startswith("## ") and not i18n.untranslated(nb.cells[0].source)
     assert nb.cells[1].source == '<div id="executive-summary">Executive summary</div>'
+
+
+def test_catalogue_has_no_duplicate_keys():
+    """A repeated key would silently replace the earlier translation."""
+    import yaml
+
+    keys = []
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        keys.extend(loader.construct_object(k) for k, _ in node.value)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    path = config.project_root() / "lib" / "crm_analytics" / "resources" / "zh.yaml"
+    yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+    assert len(keys) > 100 and len(keys) == len(set(keys)), sorted(
+        k for k in set(keys) if keys.count(k) > 1
+    )
+
+
+def test_churn_feature_labels_are_translated():
+    from crm_analytics import churn
+
+    labels = [*churn.FEATURE_LABELS.values(), churn.feature_label("orders_30d"), churn.feature_label("spend_90d"),
+              churn.feature_label("share_app"), churn.feature_label("orders_trend_180d")]  # fmt: skip
+    assert [t for t in labels if i18n.untranslated(i18n.translate(t, "zh"))] == []

@@ -717,7 +717,9 @@ def plot_importance(importance: pd.DataFrame, top: int = 15, ax: Axes | None = N
     """
     ax = _ax(ax)
     d = importance.head(top).iloc[::-1]
-    ax.barh(d.label, d.importance, xerr=d.importance_std, color="C0")
+    ax.barh(
+        [i18n.translate(str(v)) for v in d.label], d.importance, xerr=d.importance_std, color="C0"
+    )
     ax.set(title="What the model relies on (permutation importance)",
            xlabel="drop in ROC AUC when the feature is shuffled")  # fmt: skip
     return ax

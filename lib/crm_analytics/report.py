@@ -374,9 +374,9 @@ def _glance_tables(metrics: dict[str, Any], language: str) -> str:
             + "</tr>"
             for t, v in per_table.items()
         )
-        head = "".join(f'<th class="n">{c}</th>' for c in cols)
+        head = "".join(f'<th class="n">{i18n.translate(c, language)}</th>' for c in cols)
         parts.append(
-            f"<h2>{_t(language, 'Row accounting', '行数核对')}</h2><table><tr><th>table</th>{head}</tr>{rows}</table>"
+            f"<h2>{_t(language, 'Row accounting', '行数核对')}</h2><table><tr><th>{_t(language, 'table', '表')}</th>{head}</tr>{rows}</table>"
         )
     dq = (metrics.get("clean") or {}).get("data_quality") or {}
     if dq:
@@ -387,10 +387,10 @@ def _glance_tables(metrics: dict[str, Any], language: str) -> str:
             + "</tr>"
             for t, v in dq.items()
         )
-        head = "".join(f'<th class="n">{c}</th>' for c in measures)
+        head = "".join(f'<th class="n">{i18n.translate(c, language)}</th>' for c in measures)
         parts.append(
             f"<h2>{_t(language, 'Data quality (worst column per table)', '数据质量（各表最差列）')}</h2>"
-            f"<table><tr><th>table</th>{head}</tr>{rows}</table>"
+            f"<table><tr><th>{_t(language, 'table', '表')}</th>{head}</tr>{rows}</table>"
         )
     segments = (metrics.get("segment") or {}).get("segments") or {}
     if segments:
@@ -400,7 +400,7 @@ def _glance_tables(metrics: dict[str, Any], language: str) -> str:
             for k, v in sorted(segments.items(), key=lambda kv: -kv[1])
         )
         parts.append(
-            f'<h2>{_t(language, "Segment mix", "客户细分构成")}</h2><table><tr><th>segment</th><th class="n">customers</th><th></th></tr>{rows}</table>'
+            f'<h2>{_t(language, "Segment mix", "客户细分构成")}</h2><table><tr><th>{_t(language, "segment", "细分")}</th><th class="n">{_t(language, "customers", "客户数")}</th><th></th></tr>{rows}</table>'
         )
     tiers = (metrics.get("churn") or {}).get("risk_tiers") or {}
     if tiers:
@@ -409,7 +409,7 @@ def _glance_tables(metrics: dict[str, Any], language: str) -> str:
             for k in ("high", "medium", "low")
         )
         parts.append(
-            f'<h2>{_t(language, "Churn risk", "流失风险")}</h2><table><tr><th>tier</th><th class="n">customers</th></tr>{rows}</table>'
+            f'<h2>{_t(language, "Churn risk", "流失风险")}</h2><table><tr><th>{_t(language, "tier", "风险层级")}</th><th class="n">{_t(language, "customers", "客户数")}</th></tr>{rows}</table>'
         )
     nxt = (metrics.get("forecast") or {}).get("forecast_next") or []
     if nxt:
@@ -420,8 +420,8 @@ def _glance_tables(metrics: dict[str, Any], language: str) -> str:
         )
         series = e(str((metrics.get("forecast") or {}).get("main_series", "")))
         parts.append(
-            f"<h2>{_t(language, 'Forecast', '预测')}: {series}</h2><table><tr><th>period</th>"
-            f'<th class="n">forecast</th><th class="n">95% interval</th></tr>{rows}</table>'
+            f"<h2>{_t(language, 'Forecast', '预测')}: {series}</h2><table><tr><th>{_t(language, 'period', '期间')}</th>"
+            f'<th class="n">{_t(language, "forecast", "预测")}</th><th class="n">{_t(language, "95% interval", "95% 区间")}</th></tr>{rows}</table>'
         )
     return "".join(parts)
 
@@ -472,7 +472,7 @@ def write_index(
             else e(st["notebook"])
         )
         rows.append(
-            f'<tr><td>{link}</td><td class="{e(st["status"])}">{e(st["status"])}</td>'
+            f'<tr><td>{link}</td><td class="{e(st["status"])}">{e(i18n.translate(st["status"], language))}</td>'
             f'<td class="n">{st.get("seconds", 0):.1f} s</td><td>{key}</td></tr>'
         )
     said = "".join(
@@ -493,18 +493,18 @@ def write_index(
 <html lang="{"zh" if language == "zh" else "en"}"><head><meta charset="utf-8"><title>crm-analytics run {e(manifest["run_id"])}</title>
 <style>{INDEX_CSS}</style>{SUMMARY_CSS}</head><body>
 <h1>{_t(language, "crm-analytics report", "crm-analytics 报告")}</h1>
-<p>Run <b>{e(manifest["run_id"])}</b>, parameters <code>{e(manifest["params_file"])}</code>,
-status <b class="{e(manifest["status"])}">{e(manifest["status"])}</b>, {manifest.get("seconds", 0):.0f} s in total.
-Input fingerprint <code>{e(str(manifest.get("input_fingerprint", ""))[:16])}</code>.{prev_link}
+<p>{_t(language, "Run", "运行")} <b>{e(manifest["run_id"])}</b>, {_t(language, "parameters", "参数")} <code>{e(manifest["params_file"])}</code>,
+{_t(language, "status", "状态")} <b class="{e(manifest["status"])}">{e(i18n.translate(manifest["status"], language))}</b>, {_t(language, f"{manifest.get('seconds', 0):.0f} s in total", f"共 {manifest.get('seconds', 0):.0f} 秒")}.
+{_t(language, "Input fingerprint", "输入指纹")} <code>{e(str(manifest.get("input_fingerprint", ""))[:16])}</code>.{prev_link}
 <a href="../index.html">{_t(language, "All runs", "全部运行")}</a>.</p>
 <div class="crm-summary" id="executive-summary"><h2>{_t(language, "Executive summary", "摘要")}</h2><ul>{said}</ul></div>
 <h2>{_t(language, "Stages", "各阶段")}</h2>
-<table><tr><th>stage report</th><th>status</th><th class="n">time</th><th>key figures</th></tr>
+<table><tr><th>{_t(language, "stage report", "阶段报告")}</th><th>{_t(language, "status", "状态")}</th><th class="n">{_t(language, "time", "耗时")}</th><th>{_t(language, "key figures", "关键数字")}</th></tr>
 {"".join(rows)}
 </table>
 {_glance_tables(metrics, language)}
-<p>Machine-readable: <a href="metrics.json">metrics.json</a>, <a href="manifest.json">manifest.json</a>.
-Customers appear under pseudonymous ids only.</p>
+<p>{_t(language, "Machine-readable", "机器可读")}: <a href="metrics.json">metrics.json</a>, <a href="manifest.json">manifest.json</a>.
+{_t(language, "Customers appear under pseudonymous ids only.", "客户仅以假名 ID 出现。")}</p>
 </body></html>
 """
     path = run_dir / "index.html"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from crm_analytics.i18n import check_language
+from crm_analytics.i18n import check_language, translate
 from crm_analytics.schemas import require_columns
 
 INDEX_CSS = """
@@ -362,7 +362,7 @@ def findings(
         top = m.get("top_features") or []
         if top:
             out.append(_t(L, "What predicts churn most: " + ", ".join(e(t) for t in top[:3]) + ".",
-                          "最能预测流失的因素：" + "、".join(e(t) for t in top[:3]) + "。"))  # fmt: skip
+                          "最能预测流失的因素：" + "、".join(e(translate(t, "zh")) for t in top[:3]) + "。"))  # fmt: skip
         if m.get("retention_positive_targets"):
             out.append(_t(L, f"Contacting the {m['retention_positive_targets']:,} customers worth it is expected to "
                              f"save {m.get('retention_expected_value', 0):,.0f}.",
