@@ -51,6 +51,7 @@ from ibis.backends import BaseBackend
 
 from crm_analytics.config import expand_env, project_root, resolve_path
 from crm_analytics.schemas import TABLES, spec
+from crm_analytics.store import sql_literal
 
 FILE_KINDS: tuple[str, ...] = ("csv", "jsonl", "excel", "parquet")
 KINDS: tuple[str, ...] = (*FILE_KINDS, "sql", "cdnow", "telco")
@@ -184,11 +185,6 @@ def transcode_to_utf8(path: Path, encoding: str, out: Path, chunk_chars: int = 1
     return out
 
 
-def _sql_quote(value: str) -> str:
-    """Quote a string literal for DuckDB SQL."""
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _ident(name: str) -> str:
     """Quote an identifier for DuckDB SQL."""
     return '"' + name.replace('"', '""') + '"'
@@ -263,10 +259,10 @@ def _header(path: Path, delimiter: str | None) -> tuple[list[str], str]:
 
 def _csv_scan(path: Path, names: list[str], delimiter: str) -> str:
     """Return the DuckDB read_csv call: text columns, no sniffing, bad lines to a rejects table."""
-    cols = "{" + ", ".join(f"{_sql_quote(n)}: 'VARCHAR'" for n in names) + "}"
+    cols = "{" + ", ".join(f"{sql_literal(n)}: 'VARCHAR'" for n in names) + "}"
     return (
-        f"read_csv({_sql_quote(str(path))}, columns={cols}, auto_detect=false, header=true, "
-        f"delim={_sql_quote(delimiter)}, quote='\"', escape='\"', strict_mode=true, "
+        f"read_csv({sql_literal(str(path))}, columns={cols}, auto_detect=false, header=true, "
+        f"delim={sql_literal(delimiter)}, quote='\"', escape='\"', strict_mode=true, "
         "null_padding=false, max_line_size=10000000, ignore_errors=true, store_rejects=true, "
         "rejects_table='_csv_rejects', rejects_scan='_csv_reject_scans')"
     )
@@ -274,7 +270,7 @@ def _csv_scan(path: Path, names: list[str], delimiter: str) -> str:
 
 def _scan_sql(kind: str, path: Path) -> str:
     """Return the DuckDB table function reading a JSON-lines or Parquet file."""
-    p = _sql_quote(str(path))
+    p = sql_literal(str(path))
     if kind == "jsonl":
         return f"read_json({p}, format='newline_delimited', records=true, sample_size=-1)"
     if kind == "parquet":
@@ -316,7 +312,7 @@ def _select_canonical(
         if c in by_canonical:
             items.append(f"CAST({_ident(by_canonical[c])} AS VARCHAR) AS {_ident(c)}")
         elif c in defaults and defaults[c] is not None:
-            items.append(f"CAST({_sql_quote(str(defaults[c]))} AS VARCHAR) AS {_ident(c)}")
+            items.append(f"CAST({sql_literal(str(defaults[c]))} AS VARCHAR) AS {_ident(c)}")
         else:
             items.append(f"CAST(NULL AS VARCHAR) AS {_ident(c)}")
     return items
@@ -361,14 +357,14 @@ def _load_csv(
     )
     # good records are numbered around the rejected ones
     duck.execute(
-        f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {_sql_quote(label)}, n._source_row "
+        f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {sql_literal(label)}, n._source_row "
         "FROM _csv_good g JOIN (SELECT r AS _source_row, row_number() OVER (ORDER BY r) AS _k "
         "FROM (SELECT range + 1 AS r FROM range((SELECT count(*) FROM _csv_good) "
         "+ (SELECT count(*) FROM _csv_bad))) WHERE r NOT IN (SELECT _source_row FROM _csv_bad)) n "
         "USING (_k)"
     )
     duck.execute(
-        f"INSERT INTO raw_rejects SELECT {_sql_quote(table)}, {_sql_quote(label)}, _source_row, "
+        f"INSERT INTO raw_rejects SELECT {sql_literal(table)}, {sql_literal(label)}, _source_row, "
         "nullif(column_name, ''), 'unparseable line: ' || message || CASE WHEN extra_lines > 1 "
         "THEN ' (the record runs over ' || extra_lines || ' lines)' ELSE '' END FROM _csv_bad"
     )
@@ -397,7 +393,7 @@ def _load_file(duck: Any, table: str, kind: str, path: Path, spec_: dict[str, An
             items = _select_canonical(table, available, spec_, label)
             before = duck.execute(f"SELECT count(*) FROM raw_{table}").fetchone()[0]
             duck.execute(
-                f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {_sql_quote(label)}, "
+                f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {sql_literal(label)}, "
                 f"row_number() OVER () FROM {scan}"
             )
         except SourceError:
@@ -466,7 +462,7 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
     duck.register("_sql_batches", reader)
     try:
         duck.execute(
-            f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {_sql_quote(label)}, "
+            f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {sql_literal(label)}, "
             "row_number() OVER () FROM _sql_batches"
         )
     finally:

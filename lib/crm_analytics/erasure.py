@@ -33,6 +33,7 @@ import pandas as pd
 from ibis.backends import BaseBackend
 
 from crm_analytics.report import pseudonymise
+from crm_analytics.store import sql_literal
 
 ERASED_ID = "cust_erased"
 """What an erased customer's pseudonymous id becomes in earlier reports."""
@@ -108,7 +109,7 @@ def add_to_suppression(path: Path, hashes: Iterable[str]) -> int:
 
 def _sql_list(values: Iterable[str]) -> str:
     """Return a SQL list of string literals."""
-    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+    return ", ".join(sql_literal(str(v)) for v in values)
 
 
 def person_ids(con: BaseBackend, customer_id: str) -> list[str]:

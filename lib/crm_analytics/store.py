@@ -46,8 +46,19 @@ class EncryptionUnavailable(RuntimeError):
     """An encrypted store was asked for but DuckDB cannot write encrypted files here."""
 
 
-def _quote(value: str) -> str:
-    """Quote a SQL string literal."""
+def sql_literal(value: str) -> str:
+    """Quote a string as a SQL literal (single quotes doubled).
+
+    Parameters
+    ----------
+    value : str
+        Text.
+
+    Returns
+    -------
+    str
+        ``'...'``, safe to put in DuckDB or PostgreSQL SQL.
+    """
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -108,7 +119,7 @@ def load_crypto(con: Any) -> str:
 
         pkg = resources.files("duckdb_extension_httpfs")
         ext = pkg / "extensions" / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"
-        run(f"LOAD {_quote(str(ext))}")
+        run(f"LOAD {sql_literal(str(ext))}")
         return str(ext)
     except Exception as exc:  # package missing, or built for another DuckDB
         tried.append(f"duckdb-extension-httpfs: {type(exc).__name__}: {exc}"[:200])
@@ -175,10 +186,10 @@ def connect(
         path.parent.mkdir(parents=True, exist_ok=True)
         con = ibis.duckdb.connect()
         load_crypto(con)
-        options = f"ENCRYPTION_KEY {_quote(key)}" + (", READ_ONLY" if read_only else "")
-        con.raw_sql(f"ATTACH {_quote(str(path))} AS store ({options})")
+        options = f"ENCRYPTION_KEY {sql_literal(key)}" + (", READ_ONLY" if read_only else "")
+        con.raw_sql(f"ATTACH {sql_literal(str(path))} AS store ({options})")
         con.raw_sql("USE store")
-        con.raw_sql(f"SET temp_directory = {_quote(str(path) + '.tmp')}")
+        con.raw_sql(f"SET temp_directory = {sql_literal(str(path) + '.tmp')}")
         con.raw_sql("SET temp_file_encryption = true")
     else:
         path = resolve_path(store)
@@ -286,7 +297,9 @@ def checkpoint(db_file: Path, encryption_key_env: str = "") -> None:
             con.execute("CHECKPOINT")
         else:
             load_crypto(con)
-            con.execute(f"ATTACH {_quote(str(db_file))} AS store (ENCRYPTION_KEY {_quote(key)})")
+            con.execute(
+                f"ATTACH {sql_literal(str(db_file))} AS store (ENCRYPTION_KEY {sql_literal(key)})"
+            )
             con.execute("CHECKPOINT store")
     finally:
         con.close()
