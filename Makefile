@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PARAMS ?= params/default.yaml
 CUSTOMERS ?= 20000
+BENCH_SIZES ?= 20000 200000 1000000
 DATA_DIR := data/raw/default
 INSTALLED := $(VENV)/.installed
 RUN_STAMP := reports/.up-to-date-$(notdir $(basename $(PARAMS)))
@@ -17,7 +18,7 @@ help:
 	@echo "make run    install, generate the default data and run the whole pipeline (HTML in reports/)"
 	@echo "make test   install and run lint, format check and the test suite"
 	@echo "make lab    open JupyterLab on the notebooks with the project kernel"
-	@echo "make bench  print generation and pipeline time and memory at 20k and 200k customers"
+	@echo "make bench  per-stage time, memory and rows/s at 20k, 200k and 1M customers (BENCH_SIZES=...)"
 
 $(INSTALLED): requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: python3.11 not found" >&2; exit 1; }
@@ -61,7 +62,7 @@ lab: $(INSTALLED)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 bench: $(INSTALLED)
-	$(BIN)/python bench/pipeline.py --customers 20000 200000
+	$(BIN)/python bench/run.py --customers $(BENCH_SIZES)
 
 docs: $(INSTALLED)
 	$(BIN)/crm-analytics docs

@@ -496,3 +496,36 @@ def test_same_data_and_parameters_give_identical_tables(run, zh_run):
     a.disconnect()
     b.disconnect()
     assert compared > 30
+
+
+@pytest.mark.spark
+def test_segment_stage_on_spark_writes_the_same_tables(run, tmp_path):
+    """engine: spark runs the segment notebook's aggregation on local Spark with the same result."""
+    tmp, _, _ = run
+    shutil.copyfile(tmp / "store-r1.duckdb", tmp_path / "store.duckdb")
+    params = yaml.safe_load((tmp / "tiny.yaml").read_text())
+    params.update(store=str(tmp_path / "store.duckdb"), engine="spark")
+    params["segment"]["export_dir"] = str(tmp_path / "exports")
+    params["report"]["snapshot_dir"] = str(tmp_path / "snapshots")
+    params_file = tmp_path / "spark.yaml"
+    params_file.write_text(yaml.safe_dump(params, allow_unicode=True))
+    run_dir = run_pipeline(
+        params_file,
+        run_id="spark",
+        only="segment",
+        reports_dir=tmp_path / "reports",
+        progress=False,
+    )
+    injected = json.loads((run_dir / "manifest.json").read_text())["parameters"]
+    assert injected["engine"] == "spark"
+    a = ibis.duckdb.connect(str(tmp / "store-r1.duckdb"), read_only=True)
+    b = ibis.duckdb.connect(str(tmp_path / "store.duckdb"), read_only=True)
+    for name in ("customer_segments", "behaviour_signals", "association_rules"):
+        fa, fb = a.table(name).to_pandas(), b.table(name).to_pandas()
+        assert len(fa) > 0, name
+        key = list(fa.columns)
+        fa = fa.astype(str).sort_values(key).reset_index(drop=True)
+        fb = fb[key].astype(str).sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(fa, fb, obj=name)
+    a.disconnect()
+    b.disconnect()

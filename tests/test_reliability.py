@@ -15,6 +15,7 @@ import yaml
 
 from crm_analytics import cli
 from crm_analytics.runner import (
+    MemoryWatch,
     StoreBusy,
     commit_working_copy,
     discard_working_copy,
@@ -169,3 +170,14 @@ def test_data_larger_than_the_memory_limit_fails_with_a_clear_message(tiny_datas
     assert _sha(tmp_path / "store.duckdb") == before
     manifest = json.loads((reports / "starved" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "Out of Memory" in manifest["stages"][0]["error"]
+
+
+def test_memory_watch_sees_the_peak_of_a_child_process():
+    """A child holding about 300 MB for a second shows up as the stage's kernel peak."""
+    with MemoryWatch(interval=0.05) as idle:  # children this test process already has
+        time.sleep(0.2)
+    hold = "b = bytearray(300 * 2**20); import time; time.sleep(1.0)"
+    with MemoryWatch(interval=0.05) as watch:
+        subprocess.run([sys.executable, "-c", hold], check=True)
+    assert watch.kernel_mb_ >= idle.kernel_mb_ + 280
+    assert watch.runner_mb_ > 0

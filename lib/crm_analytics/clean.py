@@ -725,7 +725,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
         _column=rules.column,
         _reason=rules.reason,
     )
-    staged = con.create_table(f"_staged_{table}", staged, overwrite=True)
+    staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
     ok = (staged._reason.isnull()) & (staged._dup_rank == 0)
     # outliers judged to be errors are quarantined before keys and references are checked
     for key, rule in settings.outliers.items():
@@ -754,7 +754,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
                 else_=staged._reason,
             ),
         ).drop("_is_out")
-        staged = con.create_table(f"_staged_{table}", staged, overwrite=True)
+        staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
         ok = (staged._reason.isnull()) & (staged._dup_rank == 0)
     # key duplicates among otherwise valid, non-duplicate rows
     if t.key:
@@ -787,7 +787,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
                 else_=staged._reason,
             ),
         ).drop("_pk")
-    staged = con.create_table(f"_staged_{table}", staged, overwrite=True)
+    staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
 
     keep = staged._reason.isnull() & (staged._dup_rank == 0)
     kept = staged.filter(keep)

@@ -154,7 +154,11 @@ def customer_features(
     }
     if has_channel:
         for ch in ("app", "online", "store"):
-            aggs[f"share_{ch}"] = (paid.channel == ch).ifelse(1.0, 0.0).mean()
+            # integer count over the row count: exact, and a DOUBLE on every engine (a bare
+            # 1.0 literal is a DECIMAL on Spark, whose mean would be rounded)
+            aggs[f"share_{ch}"] = (paid.channel == ch).ifelse(1, 0).sum().cast(
+                "float64"
+            ) / paid.count().cast("float64")
     buy = paid.group_by("customer_id").aggregate(**aggs)
     refunds = before.filter(before.status == "refunded")
     ref = refunds.group_by("customer_id").aggregate(n_refunds=refunds.count())
@@ -401,6 +405,9 @@ def lifecycle_stages(
     Stages, first match wins: *prospect* (signed up, no purchase yet), *new* (first
     purchase within ``new_days``), *active* (last purchase within ``active_days``),
     *dormant* (last purchase within ``churn_days``), *churned* (silent longer).
+    The last purchase before each snapshot is found with an ASOF join, which
+    DuckDB runs in one pass and Spark SQL does not offer: on ``engine: spark``
+    this one runs in the store.
 
     Parameters
     ----------

@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from importlib import metadata
@@ -493,6 +494,56 @@ def mark_interrupted(reports: Path) -> list[str]:
     return marked
 
 
+class MemoryWatch:
+    """Sample the peak resident memory of this process and of its children.
+
+    Used around each stage: the children are the notebook kernel and anything
+    it starts, so ``kernel_mb`` is what the stage needed and ``runner_mb`` what
+    the runner itself held. Sampling every ``interval`` seconds in a thread can
+    miss a peak shorter than that.
+
+    Parameters
+    ----------
+    interval : float, default 0.2
+        Seconds between samples.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.kernel_mb_ = 0.0
+        self.runner_mb_ = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        """Record one sample of this process and its (recursive) children."""
+        import psutil
+
+        me = psutil.Process()
+        kernel = 0
+        for child in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                kernel += child.memory_info().rss
+        self.kernel_mb_ = max(self.kernel_mb_, kernel / 2**20)
+        self.runner_mb_ = max(self.runner_mb_, me.memory_info().rss / 2**20)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> MemoryWatch:
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -657,6 +708,7 @@ def _run_stages(
             manifest["stages"].append(entry)
             say(f"      skipped: {reason}")
             continue
+        watch = MemoryWatch().__enter__()  # peak memory of the kernel during the stage
         try:
             pm.execute_notebook(
                 str(root / "notebooks" / nb_name),
@@ -692,7 +744,11 @@ def _run_stages(
                 "It was killed or ran out of memory; set memory_limit to make the store spill "
                 f"to disk sooner. The store is unchanged. (partial notebook: {out_nb})"
             )
+        finally:
+            watch.__exit__()
         entry["seconds"] = round(time.perf_counter() - t0, 2)
+        entry["peak_kernel_mb"] = round(watch.kernel_mb_, 1)
+        entry["peak_runner_mb"] = round(watch.runner_mb_, 1)
         entry["ended_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         stage_file = run_dir / "stages" / f"{stage}.json"
         if out_nb.exists() and entry["status"] == "ok" and stage_file.is_file():
@@ -704,8 +760,10 @@ def _run_stages(
             nbformat.write(translated, out_nb)
         if out_nb.exists():
             html_name = nb_name.replace(".ipynb", ".html")
+            t_html = time.perf_counter()
             render_html(out_nb, run_dir / html_name)
             entry["html"] = html_name
+            entry["html_seconds"] = round(time.perf_counter() - t_html, 2)
         manifest["stages"].append(entry)
         _write_json(run_dir / "manifest.json", manifest)
         say(

@@ -10,11 +10,17 @@ written to a file. Writing encrypted files needs DuckDB's httpfs extension
 (OpenSSL); it is loaded from the ``duckdb-extension-httpfs`` package, or from
 DuckDB's own extension folder. Without it an encrypted store fails with a clear
 message: it is never written unencrypted instead.
+
+The heavy feature aggregation can run on another engine through the same ibis
+expressions (:func:`engine_tables`): ``engine: spark`` publishes the clean
+tables as Parquet and reads them in a Spark session (local mode by default, a
+cluster by ``spark_master``); results come back to the store and the driver.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -236,9 +242,20 @@ def write_table(con: BaseBackend, name: str, obj: ir.Table | pd.DataFrame | Any)
     Notes
     -----
     Returns nothing (so that a notebook cell ending with it shows nothing);
-    read the table back with ``con.table(name)``.
+    read the table back with ``con.table(name)``. An expression on another
+    engine (Spark features written to the store) arrives as Arrow batches.
     """
+    if isinstance(obj, ir.Table) and _backend_of(obj) not in (None, con):
+        obj = obj.to_pyarrow()
     con.create_table(name, obj, overwrite=True)
+
+
+def _backend_of(expr: ir.Table) -> BaseBackend | None:
+    """Return the backend an expression reads from, or None for an in-memory table."""
+    try:
+        return expr._find_backend()
+    except ibis.common.exceptions.IbisError:
+        return None
 
 
 def read_frame(con: BaseBackend, name: str) -> pd.DataFrame:
@@ -303,3 +320,122 @@ def checkpoint(db_file: Path, encryption_key_env: str = "") -> None:
             con.execute("CHECKPOINT store")
     finally:
         con.close()
+
+
+ENGINES: tuple[str, ...] = ("store", "spark")
+"""Where the feature aggregation runs: in the store itself, or on Spark."""
+
+
+def spark_session(
+    master: str = "local[2]",
+    app_name: str = "crm-analytics",
+    config: dict[str, str] | None = None,
+) -> Any:
+    """Start (or reuse) a Spark session for the feature aggregation.
+
+    In local mode the driver binds to 127.0.0.1, the web UI is off and the
+    warehouse goes to a temporary folder, so nothing listens on the network
+    and nothing is written to the working directory.
+
+    Parameters
+    ----------
+    master : str, default "local[2]"
+        Spark master: ``local[N]`` (N cores of this machine), ``spark://host:7077``,
+        ``yarn`` or ``k8s://...``.
+    app_name : str, default "crm-analytics"
+        Application name shown by the cluster manager.
+    config : dict, optional
+        Further Spark settings (``spark.executor.memory`` ...), applied last.
+
+    Returns
+    -------
+    pyspark.sql.SparkSession
+        The session, with time zone UTC (timestamps are compared as stored).
+
+    Raises
+    ------
+    RuntimeError
+        If pyspark (or Java) is not installed.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:  # pragma: no cover - pyspark is in requirements.txt
+        raise RuntimeError("engine 'spark' needs pyspark: pip install -r requirements.txt") from exc
+    settings = {
+        "spark.ui.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": "8",
+        "spark.sql.warehouse.dir": tempfile.mkdtemp(prefix="crm-spark-warehouse-"),
+        "spark.driver.memory": "2g",
+    }
+    if master.startswith("local"):
+        settings["spark.driver.host"] = "127.0.0.1"
+        settings["spark.driver.bindAddress"] = "127.0.0.1"
+    settings.update(config or {})
+    builder = SparkSession.builder.master(master).appName(app_name)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def engine_tables(
+    con: BaseBackend,
+    names: list[str] | tuple[str, ...],
+    engine: str = "store",
+    spark_master: str = "local[2]",
+    exchange_dir: str | Path = "",
+    spark_config: dict[str, str] | None = None,
+) -> dict[str, ir.Table]:
+    """Return the store's tables ``names`` as ibis tables on the chosen engine.
+
+    The feature functions in :mod:`crm_analytics.features` take these tables, so
+    the same expressions aggregate in the store (DuckDB, or PostgreSQL when the
+    store is a URL) or on Spark. Tables the store does not hold are left out.
+
+    Parameters
+    ----------
+    con : BaseBackend
+        Store connection.
+    names : list of str
+        Tables wanted.
+    engine : {"store", "spark"}, default "store"
+        ``store`` aggregates where the data is; ``spark`` publishes each table as
+        Parquet under ``exchange_dir`` and reads it in a Spark session.
+    spark_master : str, default "local[2]"
+        Spark master (see :func:`spark_session`).
+    exchange_dir : str or Path, default ""
+        Folder for the Parquet copies; on a cluster it must be readable by the
+        executors (a shared file system or ``s3a://``/``hdfs://`` path). Empty: a
+        temporary folder on this machine (local mode).
+    spark_config : dict, optional
+        Further Spark settings.
+
+    Returns
+    -------
+    dict of str to ibis Table
+        One table per name present in the store.
+
+    Raises
+    ------
+    ValueError
+        If ``engine`` is not one of :data:`ENGINES`.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    present = set(con.list_tables())
+    wanted = [n for n in names if n in present]
+    if engine == "store":
+        return {n: con.table(n) for n in wanted}
+    folder = str(exchange_dir) or tempfile.mkdtemp(prefix="crm-spark-tables-")
+    if "://" not in folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    spark = ibis.pyspark.connect(spark_session(spark_master, config=spark_config))
+    out = {}
+    for n in wanted:
+        target = f"{folder.rstrip('/')}/{n}.parquet"
+        # written by the store itself (timestamps in microseconds, which Spark reads)
+        con.table(n).to_parquet(target)
+        out[n] = spark.read_parquet(target, table_name=n)
+    return out
