@@ -386,3 +386,14 @@ def test_projection_2d_separates_planted_groups():
     assert len(pts) == 150 and pts.attrs["explained"][0] > 0.5
     means = pts.groupby("cluster").pc1.mean()
     assert abs(means.iloc[0] - means.iloc[1]) > 1  # the clusters lie apart on the first component
+
+
+def test_diagnostic_sample_keeps_small_frames_whole_and_samples_large_ones():
+    frame = pd.DataFrame({"customer_id": [f"C{i}" for i in range(100)], "x": range(100)})
+    pd.testing.assert_frame_equal(segment.diagnostic_sample(frame, 100, seed=1), frame)
+    pd.testing.assert_frame_equal(segment.diagnostic_sample(frame, 0, seed=1), frame)
+    part = segment.diagnostic_sample(frame, 30, seed=1)
+    assert len(part) == 30 and part.customer_id.is_unique
+    assert set(part.customer_id) <= set(frame.customer_id)
+    pd.testing.assert_frame_equal(part, segment.diagnostic_sample(frame, 30, seed=1))
+    assert list(part.customer_id) != list(segment.diagnostic_sample(frame, 30, seed=2).customer_id)

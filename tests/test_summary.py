@@ -20,6 +20,14 @@ def test_key_figures_show_the_change_since_the_previous_run():
     assert all(k.change() == "" and k.tone() == "neutral" for k in first)
 
 
+def test_changes_below_the_shown_precision_read_as_about_the_same():
+    tiny = summary.KeyFigure("AUC", 0.9101, 0.9100, kind="score", higher_is_better=True)
+    assert tiny.change() == "≈"
+    share = summary.KeyFigure("churn rate", 0.30001, 0.3, kind="share")
+    assert share.change() == "≈"
+    assert summary.KeyFigure("AUC", 0.912, 0.910, kind="score").change() == "▲ 0.002"
+
+
 def test_findings_are_generated_from_the_figures_and_escaped():
     m = {"segments": {"<script>alert(1)</script>": 30, "Champions": 10},
          "nps_by_segment": {"Champions": 40.0, "Lost": -60.0}}  # fmt: skip

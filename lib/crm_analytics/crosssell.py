@@ -175,7 +175,8 @@ class CooccurrenceRecommender:
         """
         customers = pd.Index(pairs.customer_id.unique())
         x = self._matrix(pairs, customers)
-        out = []
+        k = min(self.k, len(self.items_))
+        ids, ranks, items, values = [], [], [], []
         for start in range(0, len(customers), batch):
             xb = x[start : start + batch]
             scores = np.asarray((xb @ self.similarity_).todense())
@@ -183,38 +184,69 @@ class CooccurrenceRecommender:
                 1e-9 * self.popularity_ / max(self.popularity_.max(), 1)
             )  # ties: popular first
             scores[xb.toarray() > 0] = -np.inf
-            k = min(self.k, scores.shape[1])
-            top = np.argsort(-scores, axis=1)[:, :k]
-            for i, row in enumerate(top):
-                cid = customers[start + i]
-                for rank, j in enumerate(row, 1):
-                    if np.isfinite(scores[i, j]):
-                        out.append((cid, rank, self.items_[j], float(scores[i, j])))
-        frame = pd.DataFrame(out, columns=["customer_id", "rank", "item", "score"])
+            # the k best of each row (partial selection), then those k in order
+            top = (
+                np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                if k < scores.shape[1]
+                else (np.tile(np.arange(scores.shape[1]), (len(scores), 1)))
+            )
+            order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+            top = np.take_along_axis(top, order, axis=1)
+            best = np.take_along_axis(scores, top, axis=1)
+            found = np.isfinite(best)  # fewer than k items left to recommend
+            rows = np.broadcast_to(np.arange(start, start + len(top))[:, None], top.shape)
+            ids.append(rows[found])
+            ranks.append(np.broadcast_to(np.arange(1, k + 1), top.shape)[found])
+            items.append(top[found])
+            values.append(best[found])
+        frame = pd.DataFrame(
+            {
+                "customer_id": customers[np.concatenate(ids)] if ids else [],
+                "rank": np.concatenate(ranks) if ranks else [],
+                "item": self.items_[np.concatenate(items)] if items else [],
+                "score": np.concatenate(values) if values else [],
+            }
+        )
         return frame.astype(
             {"customer_id": "string", "rank": "int64", "item": "string", "score": "float64"}
         )
 
-    def popular(self, pairs: pd.DataFrame) -> pd.DataFrame:
+    def popular(self, pairs: pd.DataFrame, batch: int = 5000) -> pd.DataFrame:
         """Recommend the ``k`` most bought items each customer has not bought (the baseline).
 
         Parameters
         ----------
         pairs : pandas.DataFrame
             customer_id, item: what the customers bought.
+        batch : int, default 5000
+            Customers handled at a time (bounds memory).
 
         Returns
         -------
         pandas.DataFrame
             customer_id, rank, item.
         """
-        order = self.items_[np.argsort(-self.popularity_, kind="stable")]
-        owned = pairs.groupby("customer_id").item.agg(set)
-        rows = []
-        for cid, have in owned.items():
-            picks = [i for i in order if i not in have][: self.k]
-            rows += [(cid, r, i) for r, i in enumerate(picks, 1)]
-        return pd.DataFrame(rows, columns=["customer_id", "rank", "item"])
+        order = np.argsort(-self.popularity_, kind="stable")  # most bought first
+        customers = pd.Index(sorted(pairs.customer_id.unique()))
+        x = self._matrix(pairs, customers)
+        k = min(self.k, len(self.items_))
+        ids, ranks, items = [], [], []
+        for start in range(0, len(customers), batch):
+            owned = x[start : start + batch].toarray()[:, order] > 0
+            # stable sort puts the items not owned first, in popularity order
+            first = np.argsort(owned, axis=1, kind="stable")[:, :k]
+            free = ~np.take_along_axis(owned, first, axis=1)
+            rows = np.broadcast_to(np.arange(start, start + len(first))[:, None], first.shape)
+            ids.append(rows[free])
+            ranks.append(np.broadcast_to(np.arange(1, k + 1), first.shape)[free])
+            items.append(order[first][free])
+        return pd.DataFrame(
+            {
+                "customer_id": customers[np.concatenate(ids)] if ids else [],
+                "rank": np.concatenate(ranks) if ranks else [],
+                "item": self.items_[np.concatenate(items)] if items else [],
+            }
+        )
 
 
 def evaluate_recommendations(

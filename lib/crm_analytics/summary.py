@@ -101,10 +101,11 @@ class KeyFigure:
         if diff == 0:
             return "="
         arrow = "▲" if diff > 0 else "▼"
+        # a change too small to show at the figure's precision reads as "about the same"
         if self.kind == "share":
-            return f"{arrow} {abs(diff) * 100:.1f} pts"
+            return "≈" if abs(diff) < 0.0005 else f"{arrow} {abs(diff) * 100:.1f} pts"
         if self.kind == "score":
-            return f"{arrow} {abs(diff):.3f}"
+            return "≈" if abs(diff) < 0.0005 else f"{arrow} {abs(diff):.3f}"
         if b:
             rel = abs(diff) / abs(b)
             return "≈" if rel < 0.0005 else f"{arrow} {rel:.1%}"
