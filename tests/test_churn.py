@@ -306,3 +306,40 @@ def test_suggest_window_from_the_gap_distribution():
     assert churn.suggest_window(gaps, 0.5, 7) == (14, 10.0)
     with pytest.raises(ValueError, match="bought on two different days"):
         churn.suggest_window(gaps.iloc[:0])
+
+
+def test_top_reasons_match_recomputing_every_feature_for_every_customer():
+    """Re-predicting only customers whose value differs from the reference changes nothing."""
+    rng = np.random.default_rng(11)
+    n = 2000
+    frame = pd.DataFrame(
+        {
+            "recency_days": rng.integers(0, 300, n).astype(float),
+            "n_refunds": rng.choice([0.0, 0.0, 0.0, 1.0, 2.0], n),  # mostly the median
+            "share_app": np.where(rng.uniform(size=n) < 0.1, np.nan, rng.uniform(size=n)),
+        }
+    )
+    risk = frame.recency_days / 300 + 0.2 * frame.n_refunds - 0.3 * frame.share_app.fillna(0.5)
+    frame["churned"] = (rng.uniform(size=n) < risk.clip(0, 1)).astype(int)
+    frame["customer_id"] = [f"C{i}" for i in range(n)]
+    train, valid = churn.holdout_split(frame, 0.3, seed=2)
+    model = churn.CalibratedChurnModel(churn.ChurnModel("gbm", max_iter=50), seed=2).fit(
+        train, valid
+    )
+    feats = model.base.features_
+    who = valid.iloc[:300].set_index(pd.Index(range(1000, 1300)))  # an index that is not 0..n
+    ref = train[feats].median()
+    reasons = churn.top_reasons(model, who, ref, k=2)
+    assert list(reasons.index) == list(who.index)
+    p = model.predict_proba(who)
+    rises = np.column_stack(
+        [(p - model.predict_proba(who.assign(**{f: ref[f]}))) * 100 for f in feats]
+    )
+    for i, text in enumerate(reasons):
+        expected = [
+            churn.feature_label(feats[j])
+            for j in np.argsort(-rises[i], kind="stable")[:2]
+            if rises[i, j] >= 1.0
+        ]
+        named = [part.split(" (+")[0].rsplit(" ", 1)[0] for part in text.split("; ") if part]
+        assert named == expected, (i, text, rises[i])

@@ -1284,14 +1284,19 @@ def top_reasons(
     features = model.base.features_
     p = model.predict_proba(frame)
     x = frame[features].astype(float).reset_index(drop=True)
+    values = x.to_numpy(dtype=float, copy=True)
     rises = np.zeros((len(x), len(features)))
     for j, f in enumerate(features):
         ref = reference.get(f, np.nan)
         if pd.isna(ref):
             continue
-        changed = x.copy()
+        # only customers whose value differs from the reference can change: re-predict those
+        rows = np.flatnonzero(values[:, j] != float(ref))  # NaN differs from any reference
+        if len(rows) == 0:
+            continue
+        changed = pd.DataFrame(values[rows], columns=features)
         changed[f] = float(ref)
-        rises[:, j] = (p - model.predict_proba(changed)) * 100
+        rises[rows, j] = (p[rows] - model.predict_proba(changed)) * 100
     order = np.argsort(-rises, axis=1)[:, :k]
     out = []
     for i in range(len(x)):
