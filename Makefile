@@ -6,19 +6,22 @@ BIN := $(VENV)/bin
 PARAMS ?= params/default.yaml
 CUSTOMERS ?= 20000
 BENCH_SIZES ?= 20000 200000 1000000
+STAGE ?= churn
+PROFILE_SIZE ?= 200000
 DATA_DIR := data/raw/default
 INSTALLED := $(VENV)/.installed
 RUN_STAMP := reports/.up-to-date-$(notdir $(basename $(PARAMS)))
 LIB_FILES := $(shell find lib -name '*.py') pyproject.toml
 DATA_DEP := $(if $(filter params/default.yaml,$(PARAMS)),$(DATA_DIR)/_SUCCESS)
 
-.PHONY: help install data run test lint format lab bench docs clean-reports
+.PHONY: help install data run test lint format lab bench profile docs clean-reports
 
 help:
 	@echo "make run    install, generate the default data and run the whole pipeline (HTML in reports/)"
 	@echo "make test   install and run lint, format check and the test suite"
 	@echo "make lab    open JupyterLab on the notebooks with the project kernel"
 	@echo "make bench  per-stage time, memory and rows/s at 20k, 200k and 1M customers (BENCH_SIZES=...)"
+	@echo "make profile STAGE=churn PROFILE_SIZE=200000  flame graph of one stage on benchmark data (after make bench)"
 
 $(INSTALLED): requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: python3.11 not found" >&2; exit 1; }
@@ -63,6 +66,13 @@ lab: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/run.py --customers $(BENCH_SIZES)
+
+profile: $(INSTALLED)
+	@test -f data/bench/params-$(PROFILE_SIZE).yaml || { echo "no benchmark data of $(PROFILE_SIZE) customers: run make bench BENCH_SIZES=$(PROFILE_SIZE) first" >&2; exit 2; }
+	$(BIN)/py-spy record --subprocesses --rate 20 -o data/bench/profile-$(STAGE)-$(PROFILE_SIZE).svg -- \
+	  $(BIN)/crm-analytics run --params data/bench/params-$(PROFILE_SIZE).yaml --only $(STAGE) \
+	  --reports-dir data/bench/reports --run-id profile-$(STAGE)-$(PROFILE_SIZE)
+	@echo "flame graph: $(abspath data/bench/profile-$(STAGE)-$(PROFILE_SIZE).svg)"
 
 docs: $(INSTALLED)
 	$(BIN)/crm-analytics docs

@@ -271,6 +271,20 @@ def main() -> None:
                 f"{r['customers']:>9,} customers, {r['rows']:,} input rows: wall {r['wall']:.1f} s, "
                 f"runner peak {runner:.0f} MB, largest child process {r['children_peak_mb']:.0f} MB"
             )
+    ran = [r for r in table if "manifest" in r]
+    if ran:
+        big = ran[-1]
+        print()
+        print(
+            f"slowest cells at {big['customers']:,} customers (seconds, peak kernel MB in the cell):"
+        )
+        for e in big["manifest"]["stages"]:
+            shown = "; ".join(
+                f"[{c['cell']}] {c['code'][:48]} {c['seconds']:.0f} s"
+                + (f" {c['peak_kernel_mb']:.0f} MB" if c["peak_kernel_mb"] is not None else "")
+                for c in e.get("hot_cells", [])
+            )
+            print(f"  {e['stage']:<9} {shown}")
     print()
     print("per-customer features (orders, customers, events, tickets, surveys), warm cache:")
     for r in table:

@@ -233,6 +233,19 @@ def test_split_by_time_uses_only_earlier_cutoffs_and_falls_back_honestly():
         frame_at, "2025-07-01", 90, 2, "2024-06-01", 90, max_train_rows=100
     )
     assert len(sampled.train) == 100 and len(sampled.valid) == 400
+    past_seen = []
+
+    def past_at(c, labelled=True):
+        past_seen.append(c)
+        return _panel(c, labelled, n=50)
+
+    seen.clear()
+    split = churn.split_by_time(
+        frame_at, "2025-07-01", 90, 2, "2024-06-01", 90, train_frame_at=past_at
+    )
+    assert seen == [(dt.date(2025, 7, 1), True)]  # only the test frame from the full source
+    assert sorted(past_seen) == [dt.date(2024, 10, 4), dt.date(2025, 1, 2), dt.date(2025, 4, 2)]
+    assert len(split.test) == 400 and len(split.valid) == 50 and len(split.train) == 100
 
 
 def test_model_set_tunes_on_validation_and_beats_noise():

@@ -297,3 +297,32 @@ def test_money_sum_is_exact_whatever_the_row_order():
         assert got.m == pytest.approx(exact / len(values))
     assert sums == {exact}
     assert len(float_sums) > 1  # a plain float sum does depend on the order
+
+
+def test_customer_sample_restricts_every_keyed_table_to_the_same_seeded_customers():
+    con = ibis.duckdb.connect()
+    ids = [f"c{i:03d}" for i in range(100)]
+    customers = con.create_table("customers", pd.DataFrame({"customer_id": ids}))
+    orders = con.create_table("orders", pd.DataFrame({
+        "order_id": [f"o{i}" for i in range(300)], "customer_id": [ids[i % 100] for i in range(300)]}))  # fmt: skip
+    items = con.create_table(
+        "order_items", pd.DataFrame({"order_id": ["o1", "o2"], "sku": ["x", "y"]})
+    )
+    tables = {"customers": customers, "orders": orders, "order_items": items}
+    assert features.customer_sample(tables, 100) is tables  # no more customers than the cap
+    assert features.customer_sample(tables, 0) is tables
+    sampled = features.customer_sample(tables, 30, seed=7)
+    kept = set(sampled["customers"].to_pandas().customer_id)
+    assert len(kept) == 30 and kept <= set(ids)
+    got_orders = sampled["orders"].to_pandas()
+    assert (
+        set(got_orders.customer_id) == kept and len(got_orders) == 90
+    )  # every order of a kept customer
+    assert sampled["order_items"] is items  # no customer key: reached through its orders
+    again = set(features.customer_sample(tables, 30, seed=7)["customers"].to_pandas().customer_id)
+    other = set(features.customer_sample(tables, 30, seed=8)["customers"].to_pandas().customer_id)
+    assert again == kept and other != kept
+    with pytest.raises(ValueError, match="customer_id"):
+        features.customer_sample({"orders": items}, 1)
+    with pytest.raises(ValueError, match="'customers' or 'orders'"):
+        features.customer_sample({"order_items": items}, 1)

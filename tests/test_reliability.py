@@ -19,6 +19,7 @@ from crm_analytics.runner import (
     StoreBusy,
     commit_working_copy,
     discard_working_copy,
+    hot_cells,
     mark_interrupted,
     run_pipeline,
     store_lock,
@@ -181,3 +182,29 @@ def test_memory_watch_sees_the_peak_of_a_child_process():
         subprocess.run([sys.executable, "-c", hold], check=True)
     assert watch.kernel_mb_ >= idle.kernel_mb_ + 280
     assert watch.runner_mb_ > 0
+
+
+def test_hot_cells_names_the_slowest_cells_and_the_one_at_peak_memory(tmp_path):
+    """Cell times from papermill's metadata; each cell's memory from the samples taken while it ran."""
+    import nbformat
+
+    def cell(src, start, end):
+        c = nbformat.v4.new_code_cell(src)
+        c.metadata["papermill"] = {"start_time": f"2026-01-01T00:00:{start:02d}+00:00",
+                                   "end_time": f"2026-01-01T00:00:{end:02d}+00:00"}  # fmt: skip
+        return c
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# title"), cell("a = 1", 0, 10),
+                cell("b = big()\nmore", 10, 12), cell("c = 3", 12, 30), cell("d = 4", 30, 31),
+                cell("e = 5", 31, 40)]  # fmt: skip
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    t0 = 1767225600.0  # 2026-01-01T00:00:00Z
+    trace = [(t0 + 5, 100.0), (t0 + 11, 900.0), (t0 + 20, 300.0), (t0 + 35, 200.0)]
+    got = hot_cells(path, trace, top=2)
+    assert [(c["cell"], c["seconds"], c["peak_kernel_mb"]) for c in got] == [
+        (3, 18.0, 300.0), (1, 10.0, 100.0), (2, 2.0, 900.0)]  # fmt: skip
+    assert got[2]["code"] == "b = big()"
+    assert hot_cells(path, [], top=1) == [
+        {"cell": 3, "code": "c = 3", "seconds": 18.0, "peak_kernel_mb": None}]  # fmt: skip

@@ -703,6 +703,7 @@ def split_by_time(
     seed: int = 42,
     labelled_test: bool = True,
     max_train_rows: int | None = None,
+    train_frame_at: Callable[[dt.date, bool], pd.DataFrame] | None = None,
 ) -> ChurnSplit:
     """Build the train/validation/test frames for a cutoff, without reading its label window.
 
@@ -734,7 +735,12 @@ def split_by_time(
         False when scoring: the test frame has no labels yet.
     max_train_rows : int, optional
         Sample the training rows down to this many (seeded), to bound the
-        time on large data; the validation and test frames are never sampled.
+        time on large data; the validation and test frames are not sampled here.
+    train_frame_at : callable, optional
+        Source of the training and validation frames, e.g. ``frame_at`` over a
+        :func:`crm_analytics.features.customer_sample` of the tables, so that
+        large data trains on a sample of customers while the test frame holds
+        them all; ``frame_at`` by default.
 
     Returns
     -------
@@ -749,15 +755,16 @@ def split_by_time(
     c = dt.date.fromisoformat(str(cutoff)[:10])
     earlier = training_cutoffs(c, window_days, n_training_cutoffs + 1, data_start, min_history_days)
     test = frame_at(c, labelled_test)
+    past = train_frame_at or frame_at
     if len(earlier) >= 2:
-        valid = frame_at(earlier[0], True)
-        train = pd.concat([frame_at(e, True) for e in earlier[1:]], ignore_index=True)
+        valid = past(earlier[0], True)
+        train = pd.concat([past(e, True) for e in earlier[1:]], ignore_index=True)
         if max_train_rows and len(train) > max_train_rows:
             train = train.sample(max_train_rows, random_state=seed, ignore_index=True)
         return ChurnSplit(train, valid, test, "temporal", {
             "train": [str(e) for e in earlier[1:]], "valid": [str(earlier[0])], "test": [str(c)]})  # fmt: skip
     if len(earlier) == 1:
-        train, valid = holdout_split(frame_at(earlier[0], True), 0.25, seed)
+        train, valid = holdout_split(past(earlier[0], True), 0.25, seed)
         return ChurnSplit(train, valid, test, "temporal, customer validation", {
             "train": [str(earlier[0])], "valid": [str(earlier[0])], "test": [str(c)]})  # fmt: skip
     if not labelled_test:
@@ -839,9 +846,11 @@ def tune_gbm(
     for lr in learning_rates:
         for leaves in max_leaf_nodes:
             m = ChurnModel("gbm", seed, max_iter, lr, leaves)._estimator().fit(xt, yt)
-            losses = [log_loss(yv, p[:, 1], labels=[0, 1]) for p in m.staged_predict_proba(xv)]
-            best = int(np.argmin(losses))
-            p = list(m.staged_predict_proba(xv))[best][:, 1]
+            losses, best, p = [], 0, np.empty(0)
+            for i, staged in enumerate(m.staged_predict_proba(xv)):
+                losses.append(log_loss(yv, staged[:, 1], labels=[0, 1]))
+                if i == 0 or losses[-1] < losses[best]:
+                    best, p = i, staged[:, 1]
             rows.append({"model": "gbm", "learning_rate": lr, "max_leaf_nodes": leaves,
                          "max_iter": best + 1, "valid_log_loss": float(losses[best]),
                          "valid_roc_auc": float(roc_auc_score(yv, p))})  # fmt: skip

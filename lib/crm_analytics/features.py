@@ -884,6 +884,62 @@ def churn_frame(
     return out.mutate(cutoff=ibis.literal(_as_date(cutoff))).order_by("customer_id")
 
 
+def customer_sample(
+    tables: dict[str, ir.Table],
+    max_customers: int,
+    seed: int = 42,
+    key: str = "customer_id",
+) -> dict[str, ir.Table]:
+    """Restrict every table to a seeded random sample of customers, when there are more.
+
+    The sample is drawn once from the customer ids (the ``customers`` table, or
+    the ids in ``orders`` when there is none) and applied to each table with a
+    ``key`` column as a semi-join, so the aggregation still runs in the store
+    but on fewer customers. Tables without the key (e.g. order lines, reached
+    through their orders) are returned as they are.
+
+    Parameters
+    ----------
+    tables : dict
+        Clean tables by name.
+    max_customers : int
+        Most customers kept; 0 or a number at least the number of customers
+        returns ``tables`` itself.
+    seed : int, default 42
+        Seed of the sample: the same seed and data give the same customers.
+    key : str, default "customer_id"
+        Customer key column.
+
+    Returns
+    -------
+    dict
+        The same names mapped to the restricted tables (the input dict itself
+        when nothing is sampled).
+
+    Raises
+    ------
+    ValueError
+        If neither a ``customers`` nor an ``orders`` table is given, or it lacks ``key``.
+    """
+    import numpy as np
+
+    source = tables.get("customers", tables.get("orders"))
+    if source is None:
+        raise ValueError("customer_sample needs a 'customers' or 'orders' table")
+    require_columns(source, [key], "customers" if "customers" in tables else "orders")
+    if not max_customers:
+        return tables
+    ids = source.select(key).distinct().to_pyarrow()[key].to_numpy(zero_copy_only=False)
+    if len(ids) <= max_customers:
+        return tables
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(np.sort(ids), size=max_customers, replace=False))
+    sample = ibis.memtable({key: chosen}, schema={key: source.schema()[key]})
+    return {
+        name: (t.semi_join(sample, key) if key in t.columns else t) for name, t in tables.items()
+    }
+
+
 def contract_features(
     contracts: ir.Table, label: str = "churn", key: str = "customer_id"
 ) -> ir.Table:

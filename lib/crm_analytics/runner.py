@@ -506,12 +506,21 @@ class MemoryWatch:
     ----------
     interval : float, default 0.2
         Seconds between samples.
+
+    Attributes
+    ----------
+    kernel_mb_, runner_mb_ : float
+        Peak resident memory, in MiB, of the children and of this process.
+    trace_ : list of (float, float)
+        Every sample as (Unix time, children's MiB), for attributing the peak to
+        a notebook cell (see :func:`hot_cells`).
     """
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.kernel_mb_ = 0.0
         self.runner_mb_ = 0.0
+        self.trace_: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -525,6 +534,7 @@ class MemoryWatch:
             with contextlib.suppress(psutil.Error):
                 kernel += child.memory_info().rss
         self.kernel_mb_ = max(self.kernel_mb_, kernel / 2**20)
+        self.trace_.append((time.time(), kernel / 2**20))
         self.runner_mb_ = max(self.runner_mb_, me.memory_info().rss / 2**20)
 
     def _loop(self) -> None:
@@ -542,6 +552,52 @@ class MemoryWatch:
         if self._thread is not None:
             self._thread.join()
         self._sample()
+
+
+def hot_cells(
+    notebook: Path, trace: list[tuple[float, float]], top: int = 3
+) -> list[dict[str, Any]]:
+    """Return the slowest code cells of an executed notebook and the one at peak memory.
+
+    Cell times come from papermill's metadata (start and end of each cell); the
+    memory of a cell is the highest kernel sample of ``trace`` taken while it ran.
+
+    Parameters
+    ----------
+    notebook : Path
+        Notebook executed by papermill.
+    trace : list of (float, float)
+        (Unix time, kernel MiB) samples, e.g. :attr:`MemoryWatch.trace_`.
+    top : int, default 3
+        Slowest cells listed; the cell at peak memory is added when not among them.
+
+    Returns
+    -------
+    list of dict
+        ``cell`` (index in the notebook), ``code`` (its first line), ``seconds`` and
+        ``peak_kernel_mb`` (None without a sample inside the cell), slowest first.
+    """
+    nb = nbformat.read(notebook, as_version=4)
+    cells = []
+    for i, cell in enumerate(nb.cells):
+        meta = cell.get("metadata", {}).get("papermill", {})
+        if cell.cell_type != "code" or not meta.get("start_time") or not meta.get("end_time"):
+            continue
+        start = dt.datetime.fromisoformat(meta["start_time"]).timestamp()
+        end = dt.datetime.fromisoformat(meta["end_time"]).timestamp()
+        inside = [mb for t, mb in trace if start <= t <= end]
+        cells.append({
+            "cell": i, "code": cell.source.strip().splitlines()[0][:80] if cell.source.strip() else "",
+            "seconds": round(end - start, 2),
+            "peak_kernel_mb": round(max(inside), 1) if inside else None,
+        })  # fmt: skip
+    chosen = sorted(cells, key=lambda c: -c["seconds"])[:top]
+    measured = [c for c in cells if c["peak_kernel_mb"] is not None]
+    if measured:
+        peak = max(measured, key=lambda c: c["peak_kernel_mb"])
+        if peak not in chosen:
+            chosen.append(peak)
+    return chosen
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -749,6 +805,8 @@ def _run_stages(
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         entry["peak_kernel_mb"] = round(watch.kernel_mb_, 1)
         entry["peak_runner_mb"] = round(watch.runner_mb_, 1)
+        if out_nb.exists():
+            entry["hot_cells"] = hot_cells(out_nb, watch.trace_)
         entry["ended_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         stage_file = run_dir / "stages" / f"{stage}.json"
         if out_nb.exists() and entry["status"] == "ok" and stage_file.is_file():
