@@ -356,3 +356,31 @@ def test_top_reasons_match_recomputing_every_feature_for_every_customer():
         ]
         named = [part.split(" (+")[0].rsplit(" ", 1)[0] for part in text.split("; ") if part]
         assert named == expected, (i, text, rises[i])
+    # explained in batches (bounded memory): the same reasons, in the same order
+    pd.testing.assert_series_equal(churn.top_reasons(model, who, ref, k=2, batch=70), reasons)
+
+
+def test_frame_source_builds_each_cutoff_once_until_cleared():
+    import ibis
+
+    from tests.test_features import CUTOFF, ORDERS
+
+    frames = churn.frame_source({"orders": ibis.memtable(ORDERS)}, 30)
+    first = frames(CUTOFF)
+    assert (
+        frames(dt.date.fromisoformat(CUTOFF)) is first
+    )  # a date and its ISO string share the entry
+    assert list(first.customer_id) == ["a", "b"] and set(frames.cached) == {(CUTOFF, True)}
+    unlabelled = frames(CUTOFF, labelled=False)
+    assert unlabelled.churned.isna().all() and len(frames.cached) == 2
+    frames.clear()
+    assert frames.cached == {}
+    again = frames(CUTOFF)
+    assert again is not first
+    pd.testing.assert_frame_equal(again, first)
+    bounded = churn.frame_source({"orders": ibis.memtable(ORDERS)}, 30, max_cached=2)
+    a = bounded("2025-02-01")
+    bounded(CUTOFF)
+    assert bounded("2025-02-01") is a  # used again: now the most recent
+    bounded("2025-02-15")  # forgets the least recently used, CUTOFF
+    assert list(bounded.cached) == [("2025-02-01", True), ("2025-02-15", True)]

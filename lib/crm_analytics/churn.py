@@ -1264,6 +1264,7 @@ def top_reasons(
     reference: pd.Series,
     k: int = 3,
     min_points: float = 1.0,
+    batch: int = 50000,
 ) -> pd.Series:
     """Return each customer's top reasons for their churn risk, in words.
 
@@ -1283,6 +1284,8 @@ def top_reasons(
         Reasons per customer.
     min_points : float, default 1.0
         Smallest rise, in percentage points, reported as a reason.
+    batch : int, default 50000
+        Customers explained at a time (bounds memory; the reasons do not depend on it).
 
     Returns
     -------
@@ -1290,6 +1293,10 @@ def top_reasons(
         One string per row, e.g. "days since last order 212 (+31 pts); ...";
         empty when nothing raises the risk by ``min_points``.
     """
+    if len(frame) > batch:
+        parts = [top_reasons(model, frame.iloc[i : i + batch], reference, k, min_points, batch)
+                 for i in range(0, len(frame), batch)]  # fmt: skip
+        return pd.concat(parts).rename("top_reasons")
     features = model.base.features_
     p = model.predict_proba(frame)
     x = frame[features].astype(float).reset_index(drop=True)
@@ -1320,13 +1327,89 @@ def top_reasons(
     return pd.Series(out, index=frame.index, name="top_reasons")
 
 
+class FrameSource:
+    """Churn frames built in the store, cached per cutoff: call it as ``frame_at(cutoff, labelled)``.
+
+    Parameters
+    ----------
+    tables : dict
+        Clean tables (see :func:`crm_analytics.features.churn_features`).
+    window_days : int
+        Label window.
+    categories : list of str, optional
+        Category-mix columns.
+    windows, activity_window_days
+        See :func:`crm_analytics.features.churn_features`.
+    max_cached : int, optional
+        Keep at most this many frames, forgetting the least recently used
+        (bounds memory when many cutoffs are visited); all by default.
+
+    Attributes
+    ----------
+    cached : dict
+        (cutoff ISO date, labelled) -> frame, least recently used first.
+    """
+
+    def __init__(
+        self,
+        tables: dict[str, ir.Table],
+        window_days: int,
+        categories: list[str] | None = None,
+        windows: tuple[int, ...] = (30, 90, 180),
+        activity_window_days: int = 90,
+        max_cached: int | None = None,
+    ) -> None:
+        self.tables = tables
+        self.window_days = window_days
+        self.categories = categories
+        self.windows = windows
+        self.activity_window_days = activity_window_days
+        self.max_cached = max_cached
+        self.cached: dict[tuple[str, bool], pd.DataFrame] = {}
+
+    def __call__(self, cutoff: dt.date | str, labelled: bool = True) -> pd.DataFrame:
+        """Return the churn frame at ``cutoff``, sorted by customer_id (built once per cutoff).
+
+        Parameters
+        ----------
+        cutoff : date or ISO string
+            The cutoff.
+        labelled : bool, default True
+            With the label (see :func:`crm_analytics.features.churn_frame`).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per customer active before the cutoff.
+        """
+        from crm_analytics.features import churn_frame
+
+        key = (str(cutoff)[:10], labelled)
+        if key in self.cached:
+            self.cached[key] = self.cached.pop(key)  # most recently used last
+            return self.cached[key]
+        expr = churn_frame(self.tables, key[0], self.window_days, self.categories, labelled,
+                           self.windows, self.activity_window_days)  # fmt: skip
+        frame = expr.to_pandas().sort_values("customer_id", ignore_index=True)
+        if self.max_cached is not None:
+            while self.cached and len(self.cached) >= self.max_cached:
+                del self.cached[next(iter(self.cached))]
+        self.cached[key] = frame
+        return frame
+
+    def clear(self) -> None:
+        """Forget the cached frames (frames already handed out stay valid)."""
+        self.cached.clear()
+
+
 def frame_source(
     tables: dict[str, ir.Table],
     window_days: int,
     categories: list[str] | None = None,
     windows: tuple[int, ...] = (30, 90, 180),
     activity_window_days: int = 90,
-) -> Callable[[dt.date, bool], pd.DataFrame]:
+    max_cached: int | None = None,
+) -> FrameSource:
     """Return ``frame_at(cutoff, labelled)``: churn frames built in the store, cached per cutoff.
 
     Parameters
@@ -1339,25 +1422,15 @@ def frame_source(
         Category-mix columns.
     windows, activity_window_days
         See :func:`crm_analytics.features.churn_features`.
+    max_cached : int, optional
+        Most frames kept (least recently used forgotten first); all by default.
 
     Returns
     -------
-    callable
-        Cutoff, labelled -> pandas frame sorted by customer_id.
+    FrameSource
+        Cutoff, labelled -> pandas frame sorted by customer_id; ``clear()`` frees the cache.
     """
-    from crm_analytics.features import churn_frame
-
-    cache: dict[tuple[str, bool], pd.DataFrame] = {}
-
-    def frame_at(cutoff: dt.date, labelled: bool = True) -> pd.DataFrame:
-        key = (str(cutoff)[:10], labelled)
-        if key not in cache:
-            expr = churn_frame(tables, key[0], window_days, categories, labelled, windows,
-                               activity_window_days)  # fmt: skip
-            cache[key] = expr.to_pandas().sort_values("customer_id", ignore_index=True)
-        return cache[key]
-
-    return frame_at
+    return FrameSource(tables, window_days, categories, windows, activity_window_days, max_cached)
 
 
 def customer_split_at(frame: pd.DataFrame, test_size: float = 0.25) -> Callable[[int], ChurnSplit]:
