@@ -354,6 +354,11 @@ def test_top_reasons_match_recomputing_every_feature_for_every_customer():
             for j in np.argsort(-rises[i], kind="stable")[:2]
             if rises[i, j] >= 1.0
         ]
+        if text.startswith("together: "):  # no single feature moves a high risk by a point
+            assert not expected and p[i] >= 0.5
+            expected = [churn.feature_label(feats[j]) for j in np.argsort(-rises[i], kind="stable")[:2]
+                        if rises[i, j] > 0]  # fmt: skip
+            text = text.removeprefix("together: ")
         named = [part.split(" (+")[0].rsplit(" ", 1)[0] for part in text.split("; ") if part]
         assert named == expected, (i, text, rises[i])
     # explained in batches (bounded memory): the same reasons, in the same order
@@ -384,3 +389,25 @@ def test_frame_source_builds_each_cutoff_once_until_cleared():
     assert bounded("2025-02-01") is a  # used again: now the most recent
     bounded("2025-02-15")  # forgets the least recently used, CUTOFF
     assert list(bounded.cached) == [("2025-02-01", True), ("2025-02-15", True)]
+
+
+def test_top_reasons_name_features_jointly_when_no_single_one_moves_a_near_certain_risk():
+    rng = np.random.default_rng(3)
+    n = 4000
+    frame = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
+    frame["churned"] = (rng.uniform(size=n) < 1 / (1 + np.exp(-4 * (frame.a + frame.b)))).astype(
+        int
+    )
+    frame["customer_id"] = range(n)
+    train, valid = churn.holdout_split(frame, 0.3, seed=1)
+    model = churn.CalibratedChurnModel(churn.ChurnModel("logistic", c=100.0), seed=1).fit(
+        train, valid
+    )
+    model.calibrator_ = None  # the logistic model's own probabilities, so the saturation is exact
+    who = pd.DataFrame({"customer_id": [1, 2, 3], "a": [3.0, 1.0, -2.0], "b": [3.0, 0.0, -2.0]})
+    p = model.predict_proba(who)
+    assert p[0] > 0.9999  # either feature alone, set to the median, leaves it above 99%
+    reasons = churn.top_reasons(model, who, train[["a", "b"]].median(), k=2)
+    assert reasons.iloc[0] in ("together: a 3; b 3", "together: b 3; a 3")
+    assert reasons.iloc[1].startswith("a 1 (+")  # one feature moves a moderate risk
+    assert reasons.iloc[2] == ""  # a low risk has no reasons

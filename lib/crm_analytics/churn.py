@@ -1290,8 +1290,11 @@ def top_reasons(
     Returns
     -------
     pandas.Series
-        One string per row, e.g. "days since last order 212 (+31 pts); ...";
-        empty when nothing raises the risk by ``min_points``.
+        One string per row, e.g. "days since last order 212 (+31 pts); ...". When
+        no single feature raises a probability of at least 0.5 by ``min_points``
+        (near 1, only several features together explain it), the features that
+        raise it at all, e.g. "together: days since last order 400; NPS answer -80";
+        otherwise empty.
     """
     if len(frame) > batch:
         parts = [top_reasons(model, frame.iloc[i : i + batch], reference, k, min_points, batch)
@@ -1316,14 +1319,18 @@ def top_reasons(
     order = np.argsort(-rises, axis=1)[:, :k]
     out = []
     for i in range(len(x)):
-        parts = []
+        parts, joint = [], []
         for j in order[i]:
-            if rises[i, j] < min_points:
+            if rises[i, j] <= 0:
                 break
             v = x.iat[i, j]
             shown = "missing" if pd.isna(v) else (f"{v:,.0f}" if abs(v) >= 10 else f"{v:,.2g}")
-            parts.append(f"{feature_label(features[j])} {shown} (+{rises[i, j]:.0f} pts)")
-        out.append("; ".join(parts))
+            joint.append(f"{feature_label(features[j])} {shown}")
+            if rises[i, j] >= min_points:
+                parts.append(f"{joint[-1]} (+{rises[i, j]:.0f} pts)")
+        # a high probability may not move by min_points for any one feature: name them jointly
+        joint_text = "together: " + "; ".join(joint) if joint and p[i] >= 0.5 else ""
+        out.append("; ".join(parts) if parts else joint_text)
     return pd.Series(out, index=frame.index, name="top_reasons")
 
 
