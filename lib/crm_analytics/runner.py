@@ -574,7 +574,8 @@ def hot_cells(
     Returns
     -------
     list of dict
-        ``cell`` (index in the notebook), ``code`` (its first line), ``seconds`` and
+        ``cell`` (index in the executed notebook, where papermill's
+        injected-parameters cell follows the parameters cell), ``code`` (its first line), ``seconds`` and
         ``peak_kernel_mb`` (None without a sample inside the cell), slowest first.
     """
     nb = nbformat.read(notebook, as_version=4)
