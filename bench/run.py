@@ -35,6 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "data" / "bench"
 SIZES = (20_000, 200_000, 1_000_000)
+RATE_SCALE = 1.75  # purchase-rate multiplier: about 10 orders per customer, 10M at 1M
 FEATURE_TABLES = ("orders", "customers", "events", "tickets", "surveys")
 
 BARE_FEATURES_SQL = """
@@ -99,19 +100,21 @@ GENERATE = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 from crm_analytics.generate import generate
-res = generate(sys.argv[1], int(sys.argv[2]), 42)
+res = generate(sys.argv[1], int(sys.argv[2]), 42, rate_scale=float(sys.argv[3]))
 print(json.dumps({"seconds": time.perf_counter() - t0,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def generate(n: int) -> dict[str, Any] | None:
-    """Generate ``n`` customers into data/bench/<n>/ unless already there."""
+def generate(n: int, rate_scale: float) -> dict[str, Any] | None:
+    """Generate ``n`` customers into data/bench/<n>/ unless already there at ``rate_scale``."""
     out = BENCH / str(n)
     if (out / "_SUCCESS").is_file():
-        return None
+        meta = json.loads((out / "truth" / "generation.json").read_text())
+        if meta.get("rate_scale", 1.0) == rate_scale:
+            return None
     done = subprocess.run(
-        [sys.executable, "-c", GENERATE, str(out), str(n)],
+        [sys.executable, "-c", GENERATE, str(out), str(n), str(rate_scale)],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -225,16 +228,27 @@ def main() -> None:
     ap.add_argument("--customers", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--engine", choices=["store", "spark"], default="store")
     ap.add_argument("--features-only", action="store_true", help="skip the pipeline run")
+    ap.add_argument(
+        "--rate-scale",
+        type=float,
+        default=RATE_SCALE,
+        help="purchase-rate multiplier of the generated data (1.75: about 10M orders at 1M)",
+    )
+    ap.add_argument("--generate-only", action="store_true", help="only generate the data")
     args = ap.parse_args()
     cutoff = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())["cutoff_date"]
     BENCH.mkdir(parents=True, exist_ok=True)
     table = []
     for n in args.customers:
-        gen = generate(n)
+        gen = generate(n, args.rate_scale)
         if gen:
             print(
                 f"generated {n:,} customers in {gen['seconds']:.0f} s, peak {gen['peak_mb']:.0f} MB"
             )
+        counts = json.loads((BENCH / str(n) / "_SUCCESS").read_text())
+        print(f"{n:,} customers: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        if args.generate_only:
+            continue
         rows = input_rows(n)
         result: dict[str, Any] = {"customers": n, "rows": rows}
         if not args.features_only:

@@ -211,3 +211,40 @@ def test_parquet_and_tsv_sources(duck, tmp_path):
     assert files.rows.tolist() == [1, 1]
     got = duck.table("raw_orders").order_by("order_id").select("order_id", "amount").to_pandas()
     assert got.values.tolist() == [["P1", "12.5"], ["T1", "3"]]
+
+
+def test_jsonl_values_arrive_as_written_and_late_keys_become_columns(duck, tmp_path):
+    ev = tmp_path / "events.jsonl"
+    lines = [
+        '{"customer_id": "C1", "ts": "2025-01-01T10:00:00", "event_type": "view"}',
+        '{"customer_id": "C2", "ts": "2025-01-02", "event_type": "login", "extra": 1}',
+        # a key first seen on the last line is still read
+        '{"customer_id": "C3", "ts": "2025-01-03T08:00:00+08:00", "event_type": "view",'
+        ' "page": "home"}',
+    ]
+    ev.write_text("\n".join(lines) + "\n")
+    collect.collect_sources(duck, {"events": {"kind": "jsonl", "path": str(ev)}})
+    raw = duck.table("raw_events").order_by("_source_row").to_pandas()
+    # timestamps keep their text: no type inference rewrites them
+    assert raw.ts.tolist() == ["2025-01-01T10:00:00", "2025-01-02", "2025-01-03T08:00:00+08:00"]
+    assert raw.page.tolist() == [None, None, "home"]
+    assert raw._source_row.tolist() == [1, 2, 3]
+
+
+def test_failed_collect_leaves_the_raw_tables_as_they_were(duck, tmp_path):
+    good = tmp_path / "orders.csv"
+    good.write_text(
+        "order_id,customer_id,order_ts,amount,currency,status\nO1,C1,2025-01-01,10,CNY,paid\n"
+    )
+    collect.collect_sources(duck, {"orders": {"kind": "csv", "path": str(good)}})
+    with pytest.raises(collect.SourceError):
+        collect.collect_sources(
+            duck,
+            {
+                "orders": {"kind": "csv", "path": str(good)},
+                "customers": {"kind": "csv", "path": str(tmp_path / "absent.csv")},
+            },
+        )
+    # the second call failed part-way: nothing of it is visible, the store still works
+    assert duck.table("raw_orders").count().to_pandas() == 1
+    assert duck.table("source_files").count().to_pandas() == 1

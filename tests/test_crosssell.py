@@ -94,3 +94,22 @@ def test_single_category_gives_no_rules_and_typed_empty_results(duck):
     recs = crosssell.CooccurrenceRecommender(k=3).fit(bought).recommend(bought)
     assert recs.empty and str(recs.dtypes["rank"]) == "int64"
     duck.create_table("recs", recs)
+
+
+def test_customer_item_pairs_are_distinct_and_compact():
+    items = ibis.memtable(
+        pd.DataFrame(
+            {
+                "order_id": [1, 2, 3, 4],
+                "customer_id": ["C1", "C1", "C2", "C2"],
+                "item": ["a", "a", "a", "b"],
+            }
+        )
+    )
+    got = crosssell.customer_item_pairs(items).sort_values(["customer_id", "item"])
+    expected = pd.DataFrame(
+        {"customer_id": ["C1", "C2", "C2"], "item": ["a", "a", "b"]}, dtype="string[pyarrow]"
+    )
+    assert_frame_equal(got.reset_index(drop=True), expected)
+    with pytest.raises(ValueError, match="item"):
+        crosssell.customer_item_pairs(items.drop("item"))

@@ -81,3 +81,18 @@ def test_generate_rejects_bad_arguments(tmp_path):
         gen.generate(tmp_path / "x", 5)
     with pytest.raises(ValueError, match="must be after"):
         gen.generate(tmp_path / "x", 50, start="2025-01-01", end="2024-01-01")
+
+
+def test_rate_scale_multiplies_orders(tmp_path):
+    base = gen.generate(tmp_path / "base", 400, seed=5)
+    scaled = gen.generate(tmp_path / "scaled", 400, seed=5, rate_scale=1.75)
+    ratio = scaled.rows["orders"] / base.rows["orders"]
+    assert 1.5 < ratio < 2.0
+    truth = pd.read_parquet(tmp_path / "scaled" / "truth" / "customers.parquet")
+    base_truth = pd.read_parquet(tmp_path / "base" / "truth" / "customers.parquet")
+    # the 400 people come first (their duplicate records after) and get the same draws
+    assert np.allclose(
+        truth.purchase_rate_per_day.iloc[:400], 1.75 * base_truth.purchase_rate_per_day.iloc[:400]
+    )
+    with pytest.raises(ValueError, match="rate_scale"):
+        gen.generate(tmp_path / "bad", 400, rate_scale=0)

@@ -301,8 +301,14 @@ def _to_local(zone: str, value: dt.datetime) -> dt.datetime:  # type: ignore[emp
 
 
 def _text(col: ir.StringValue) -> ir.StringValue:
-    """Trim text (including full-width spaces); empty becomes missing."""
-    return col.replace("\u3000", " ").strip().nullif("")
+    """Trim text (including full-width spaces); empty becomes missing.
+
+    Only values with a full-width space or white space at an end are rewritten; the
+    check is cheaper than DuckDB's trim with a character list, which most values
+    (already clean) would otherwise go through.
+    """
+    untidy = col.re_search(r"^[ \t\n]|[ \t\n]$") | col.contains("\u3000")
+    return ibis.cases((untidy, col.replace("\u3000", " ").strip()), else_=col).nullif("")
 
 
 def standardise_phone(col: ir.StringValue, region: str) -> ir.StringValue:
@@ -719,7 +725,11 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     std = standardise(raw, table, settings)
     rules = row_rules(std, table, settings)
     extra = [c for c in rules.typed if c not in cols]
-    staged = std.mutate(
+    # only what the checks below and the outputs need: the text columns are not kept
+    staged = std.select(
+        std._source,
+        std._source_row,
+        std._dup_rank,
         **{f"_t_{c}": rules.typed[c] for c in [*cols, *extra]},
         **{f"_fix_{i}": cond for i, cond in enumerate(rules.fixes.values())},
         _column=rules.column,
