@@ -370,7 +370,7 @@ def test_frame_source_builds_each_cutoff_once_until_cleared():
 
     from tests.test_features import CUTOFF, ORDERS
 
-    frames = churn.frame_source({"orders": ibis.memtable(ORDERS)}, 30)
+    frames = churn.FrameSource({"orders": ibis.memtable(ORDERS)}, 30)
     first = frames(CUTOFF)
     assert (
         frames(dt.date.fromisoformat(CUTOFF)) is first
@@ -383,7 +383,7 @@ def test_frame_source_builds_each_cutoff_once_until_cleared():
     again = frames(CUTOFF)
     assert again is not first
     pd.testing.assert_frame_equal(again, first)
-    bounded = churn.frame_source({"orders": ibis.memtable(ORDERS)}, 30, max_cached=2)
+    bounded = churn.FrameSource({"orders": ibis.memtable(ORDERS)}, 30, max_cached=2)
     a = bounded("2025-02-01")
     bounded(CUTOFF)
     assert bounded("2025-02-01") is a  # used again: now the most recent

@@ -1409,37 +1409,6 @@ class FrameSource:
         self.cached.clear()
 
 
-def frame_source(
-    tables: dict[str, ir.Table],
-    window_days: int,
-    categories: list[str] | None = None,
-    windows: tuple[int, ...] = (30, 90, 180),
-    activity_window_days: int = 90,
-    max_cached: int | None = None,
-) -> FrameSource:
-    """Return ``frame_at(cutoff, labelled)``: churn frames built in the store, cached per cutoff.
-
-    Parameters
-    ----------
-    tables : dict
-        Clean tables (see :func:`crm_analytics.features.churn_features`).
-    window_days : int
-        Label window.
-    categories : list of str, optional
-        Category-mix columns.
-    windows, activity_window_days
-        See :func:`crm_analytics.features.churn_features`.
-    max_cached : int, optional
-        Most frames kept (least recently used forgotten first); all by default.
-
-    Returns
-    -------
-    FrameSource
-        Cutoff, labelled -> pandas frame sorted by customer_id; ``clear()`` frees the cache.
-    """
-    return FrameSource(tables, window_days, categories, windows, activity_window_days, max_cached)
-
-
 def customer_split_at(frame: pd.DataFrame, test_size: float = 0.25) -> Callable[[int], ChurnSplit]:
     """Return ``split_at(seed)``: a stratified customer split, for data without dates.
 
