@@ -318,7 +318,19 @@ def test_customer_sample_restricts_every_keyed_table_to_the_same_seeded_customer
     assert (
         set(got_orders.customer_id) == kept and len(got_orders) == 90
     )  # every order of a kept customer
-    assert sampled["order_items"] is items  # no customer key: reached through its orders
+    # no customer key: the lines of the kept customers' orders
+    got_items = sampled["order_items"].to_pandas()
+    assert set(got_items.order_id) == {"o1", "o2"} & set(got_orders.order_id)
+    copies = features.customer_sample(tables, 30, seed=7, materialize=True)
+    for name in tables:
+        assert_frame_equal(
+            copies[name].to_pandas().sort_values(list(tables[name].columns), ignore_index=True),
+            sampled[name].to_pandas().sort_values(list(tables[name].columns), ignore_index=True),
+        )
+    temporary = {t for t in con.list_tables() if t.startswith("ibis_cached")}
+    assert len(temporary) == 3  # the copies are temporary tables of the store's session
+    features.release_tables(copies)
+    assert set(con.list_tables()) & temporary == set()
     again = set(features.customer_sample(tables, 30, seed=7)["customers"].to_pandas().customer_id)
     other = set(features.customer_sample(tables, 30, seed=8)["customers"].to_pandas().customer_id)
     assert again == kept and other != kept

@@ -889,14 +889,16 @@ def customer_sample(
     max_customers: int,
     seed: int = 42,
     key: str = "customer_id",
+    materialize: bool = False,
 ) -> dict[str, ir.Table]:
     """Restrict every table to a seeded random sample of customers, when there are more.
 
     The sample is drawn once from the customer ids (the ``customers`` table, or
     the ids in ``orders`` when there is none) and applied to each table with a
     ``key`` column as a semi-join, so the aggregation still runs in the store
-    but on fewer customers. Tables without the key (e.g. order lines, reached
-    through their orders) are returned as they are.
+    but on fewer customers. Tables without the key but with an ``order_id``
+    (order lines) keep the lines of the sampled orders; others are returned as
+    they are.
 
     Parameters
     ----------
@@ -909,6 +911,11 @@ def customer_sample(
         Seed of the sample: the same seed and data give the same customers.
     key : str, default "customer_id"
         Customer key column.
+    materialize : bool, default False
+        Copy each restricted table once into a temporary table of its backend
+        (ibis ``cache``: a DuckDB or PostgreSQL temporary table, a cached Spark
+        frame), so that building frames at many cutoffs scans the sample, not
+        the whole history, each time. Free the copies with :func:`release_tables`.
 
     Returns
     -------
@@ -935,9 +942,34 @@ def customer_sample(
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(np.sort(ids), size=max_customers, replace=False))
     sample = ibis.memtable({key: chosen}, schema={key: source.schema()[key]})
-    return {
-        name: (t.semi_join(sample, key) if key in t.columns else t) for name, t in tables.items()
-    }
+    out = {name: t.semi_join(sample, key) for name, t in tables.items() if key in t.columns}
+    orders = out.get("orders")
+    for name, t in tables.items():
+        if name in out:
+            continue
+        if orders is not None and "order_id" in t.columns and "order_id" in orders.columns:
+            out[name] = t.semi_join(orders.select("order_id"), "order_id")
+        else:
+            out[name] = t
+    if materialize:
+        out = {name: t.cache() if t is not tables[name] else t for name, t in out.items()}
+    return {name: out[name] for name in tables}
+
+
+def release_tables(tables: dict[str, ir.Table]) -> None:
+    """Drop the temporary copies of :func:`customer_sample` (``materialize=True``).
+
+    Tables that are not such copies are left alone, so the result of any
+    :func:`customer_sample` call can be passed.
+
+    Parameters
+    ----------
+    tables : dict
+        Tables by name.
+    """
+    for t in tables.values():
+        if isinstance(t, ir.CachedTable):
+            t.release()
 
 
 def contract_features(
