@@ -113,3 +113,11 @@ def test_customer_item_pairs_are_distinct_and_compact():
     assert_frame_equal(got.reset_index(drop=True), expected)
     with pytest.raises(ValueError, match="item"):
         crosssell.customer_item_pairs(items.drop("item"))
+
+
+def test_association_rules_count_an_item_once_per_order():
+    # the same item twice in an order (two lines of one category) is one purchase
+    doubled = pd.concat([ITEMS, ITEMS.iloc[[0, 1]]], ignore_index=True)
+    once = crosssell.association_rules(ibis.memtable(ITEMS), 0.3, 0.5).to_pandas()
+    twice = crosssell.association_rules(ibis.memtable(doubled), 0.3, 0.5).to_pandas()
+    assert_frame_equal(twice, once)

@@ -117,12 +117,14 @@ def association_rules(
         antecedent, consequent, orders (holding both), support, confidence, lift;
         strongest lift first.
     """
+    # one row per order and item: every count below is then a plain count, not a distinct one
+    items = items.select("order_id", "item").distinct()
     n = items.order_id.nunique().as_scalar().cast("float64")
-    single = items.group_by("item").aggregate(n_item=items.order_id.nunique())
+    single = items.group_by("item").aggregate(n_item=items.count())
     a = items.select("order_id", antecedent=items.item)
     b = items.select("order_id", consequent=items.item)
     pairs = a.join(b, "order_id").filter(lambda t: t.antecedent != t.consequent)
-    both = pairs.group_by(["antecedent", "consequent"]).aggregate(orders=pairs.order_id.nunique())
+    both = pairs.group_by(["antecedent", "consequent"]).aggregate(orders=pairs.count())
     sa = single.select(antecedent=single.item, n_a=single.n_item)
     sb = single.select(consequent=single.item, n_b=single.n_item)
     r = both.join(sa, "antecedent").join(sb, "consequent")
@@ -135,6 +137,10 @@ def association_rules(
     return r.select("antecedent", "consequent", "orders", "support", "confidence", "lift").order_by(
         [ibis.desc("lift"), ibis.desc("support")]
     )
+
+
+DENSE_SIMILARITY_BYTES = 256 * 2**20
+"""Largest item x item similarity (float32) that recommending turns dense: 8,192 items."""
 
 
 class CooccurrenceRecommender:
@@ -213,9 +219,15 @@ class CooccurrenceRecommender:
         x = self._matrix(pairs, customers)
         k = min(self.k, len(self.items_))
         ids, ranks, items, values = [], [], [], []
+        sim: sparse.csr_matrix | np.ndarray = self.similarity_
+        if sim.shape[0] ** 2 * 4 <= DENSE_SIMILARITY_BYTES:
+            # a catalogue of a few thousand items co-occurs almost everywhere: a dense
+            # matrix multiplies far faster than a sparse one that is not sparse
+            sim = sim.toarray()
         for start in range(0, len(customers), batch):
             xb = x[start : start + batch]
-            scores = np.asarray((xb @ self.similarity_).todense())
+            product = xb @ sim
+            scores = product if isinstance(product, np.ndarray) else product.toarray()
             scores += (
                 1e-9 * self.popularity_ / max(self.popularity_.max(), 1)
             )  # ties: popular first
