@@ -83,6 +83,8 @@ def test_match_settings_validated():
         entities.MatchSettings(threshold=1.5)
     with pytest.raises(ValueError, match="unknown match column 'zip'"):
         entities.MatchSettings(blocking=[["zip"]])
+    with pytest.raises(ValueError, match="unknown match column 'shoe_size'"):
+        entities.MatchSettings(em_blocking=[["birth_date"], ["shoe_size"]])
 
 
 def test_resolve_moves_child_rows_to_survivor(duck):
