@@ -1,6 +1,8 @@
 """Benchmark: the whole pipeline at 20k, 200k and 1M customers, stage by stage.
 
-For each size it generates the data once (``data/bench/<N>/``, reused afterwards),
+For each size it generates the data once (``data/bench/<N>/``, reused afterwards; purchase
+rates scaled by ``--rate-scale``, 1.75 by default: about 10 orders per customer, 10.2M orders
+and 52.8M input rows at 1M customers),
 runs all five stages plus the HTML with ``crm-analytics run`` and prints, per stage
 and in total: wall time (notebook and HTML), peak resident memory of the notebook
 kernel and of the runner (sampled by the runner, see ``manifest.json``), and input
@@ -12,6 +14,7 @@ same store, checks both give the same rows, and prints our time / bare time.
     .venv/bin/python bench/run.py                      # 20k, 200k and 1M customers
     .venv/bin/python bench/run.py --customers 20000    # one size
     .venv/bin/python bench/run.py --engine spark       # also the features on local Spark
+    .venv/bin/python bench/run.py --generate-only      # only the data
 
 Stores and reports go to ``data/bench/`` so benchmark runs never become
 ``reports/latest``. Figures depend on the machine; the README quotes the ones
