@@ -115,7 +115,7 @@ def association_rules(
     -------
     ibis Table
         antecedent, consequent, orders (holding both), support, confidence, lift;
-        strongest lift first.
+        strongest lift first, then most support, then by the items' names.
     """
     # one row per order and item: every count below is then a plain count, not a distinct one
     items = items.select("order_id", "item").distinct()
@@ -134,8 +134,9 @@ def association_rules(
         lift=r.orders.cast("float64") * n / (r.n_a * r.n_b),
     )
     r = r.filter((r.support >= min_support) & (r.confidence >= min_confidence))
+    # ties broken by the items, so the same data always gives the same order
     return r.select("antecedent", "consequent", "orders", "support", "confidence", "lift").order_by(
-        [ibis.desc("lift"), ibis.desc("support")]
+        [ibis.desc("lift"), ibis.desc("support"), "antecedent", "consequent"]
     )
 
 
