@@ -52,12 +52,6 @@ from crm_analytics.summary import comparison_html, summary_html
 KERNEL_NAME = "crm-analytics"
 """Jupyter kernel registered by ``make`` for the project's virtual environment."""
 
-KERNEL_ENVIRONMENT: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
-"""Set for the stage kernels unless already set: OpenMP threads (scikit-learn's gradient
-boosting) sleep instead of spinning while they wait. On 2 busy cores a boosting fit took
-4 s instead of 6-10 s; the churn stage's tuning had once taken 1,075 s instead of 15 s
-next to another run."""
-
 PACKAGES: tuple[str, ...] = (
     "crm-analytics",
     "ibis-framework",
@@ -720,8 +714,6 @@ def _run_stages(
     run_dir = _new_run_folder(reports, run_id)
     run_id = run_dir.name
     kernel = kernel or kernel_name()
-    for name, value in KERNEL_ENVIRONMENT.items():  # kernels inherit the runner's environment
-        os.environ.setdefault(name, value)
     key_env = str(params.get("encryption_key_env", ""))
     work = working_copy(store_file, run_id, key_env) if store_file is not None else None
     store = str(work) if work is not None else str(params.get("store", ""))
@@ -733,7 +725,6 @@ def _run_stages(
         "status": "running",
         "pid": os.getpid(),
         "kernel": kernel,
-        "kernel_environment": {name: os.environ[name] for name in KERNEL_ENVIRONMENT},
         "packages": package_versions(),
         "command": " ".join(sys.argv),
         "stages": [],
