@@ -1,4 +1,5 @@
 import ibis
+import numpy as np
 import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
@@ -61,6 +62,18 @@ def test_cooccurrence_and_popularity():
     assert pop["z"] == "b" and pop["w"] == "a"  # most bought items first
 
 
+def test_recommendation_ties_go_to_the_more_popular_item():
+    # z bought a; a's other buyers bought b (x) and c (y) once each, but c has two buyers
+    bought = pd.DataFrame(
+        {"customer_id": ["x", "x", "y", "y", "u", "z"], "item": ["a", "b", "a", "c", "c", "a"]}
+    )
+    recs = crosssell.CooccurrenceRecommender(k=2).fit(bought).recommend(bought, batch=2)
+    z = recs[recs.customer_id == "z"]
+    assert z.item.tolist() == ["c", "b"] and z["rank"].tolist() == [1, 2]
+    assert z.score.iloc[0] == z.score.iloc[1] == pytest.approx(1 / 3)
+    assert not recs.merge(bought, on=["customer_id", "item"]).shape[0]  # nothing already owned
+
+
 def test_evaluate_recommendations():
     before = pd.DataFrame({"customer_id": ["x", "y"], "item": ["a", "a"]})
     later = pd.DataFrame({"customer_id": ["x", "x", "y", "y"], "item": ["b", "c", "a", "d"]})
@@ -68,6 +81,27 @@ def test_evaluate_recommendations():
     got = crosssell.evaluate_recommendations(recs, later, before)
     # new items: x {b, c}, y {d} (a is a repeat); hits: x-b
     assert got == {"hit_rate": 0.5, "recall": pytest.approx(1 / 3), "customers": 2}
+
+
+def test_evaluate_recommendations_in_the_store_matches_frames(duck):
+    # purchases as store tables (duplicated lines included), recommendations as a frame
+    duck.create_table(
+        "before", pd.DataFrame({"customer_id": ["x", "y", "y"], "item": ["a", "a", "a"]})
+    )
+    duck.create_table("later", pd.DataFrame({"customer_id": ["x", "x", "x", "y", "y", "w"],
+                                             "item": ["b", "b", "c", "a", "d", "e"]}))  # fmt: skip
+    recs = pd.DataFrame(
+        {"customer_id": ["x", "x", "y"], "item": ["b", "z", "d"]}, dtype="string[pyarrow]"
+    )
+    got = crosssell.evaluate_recommendations(recs, duck.table("later"), duck.table("before"))
+    # w has no recommendations and is not evaluated; x: new {b, c}, hit b; y: new {d}, hit d
+    assert got == {"hit_rate": 1.0, "recall": pytest.approx(2 / 3), "customers": 2}
+    none_new = crosssell.evaluate_recommendations(recs, duck.table("before"), duck.table("before"))
+    assert none_new["customers"] == 0 and np.isnan(none_new["hit_rate"])
+    with pytest.raises(ValueError, match="item"):
+        crosssell.evaluate_recommendations(
+            recs.drop(columns="item"), duck.table("later"), duck.table("before")
+        )
 
 
 def test_next_best_by_segment():

@@ -17,6 +17,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy import sparse
 
 from crm_analytics.features import _ts, paid_orders
@@ -164,17 +165,25 @@ class CooccurrenceRecommender:
     def __init__(self, k: int = 5) -> None:
         self.k = k
 
-    def _matrix(self, pairs: pd.DataFrame, customers: pd.Index) -> sparse.csr_matrix:
-        """Return the customer x item 0/1 matrix of ``pairs`` (customer_id, item)."""
-        rows = customers.get_indexer(pairs.customer_id)
-        cols = self.items_.get_indexer(pairs.item)
+    def _matrix(
+        self, pairs: pd.DataFrame, sort: bool = False
+    ) -> tuple[sparse.csr_matrix, pd.Index]:
+        """Return the customer x item 0/1 matrix of ``pairs`` (customer_id, item) and its rows.
+
+        Customers are numbered in order of appearance (or sorted with ``sort``);
+        items not seen in :meth:`fit` are left out.
+        """
+        rows, customers = pd.factorize(pairs.customer_id, sort=sort)
+        known = pa.array(np.asarray(self.items_, dtype=object), type=pa.large_string())
+        cols = pc.index_in(pa.array(pairs.item, type=pa.large_string()), value_set=known)
+        cols = cols.fill_null(-1).to_numpy(zero_copy_only=False)
         keep = (rows >= 0) & (cols >= 0)
         data = np.ones(keep.sum(), dtype=np.float32)
         m = sparse.csr_matrix(
             (data, (rows[keep], cols[keep])), shape=(len(customers), len(self.items_))
         )
         m.data[:] = 1.0
-        return m
+        return m, pd.Index(customers)
 
     def fit(self, pairs: pd.DataFrame) -> CooccurrenceRecommender:
         """Learn co-occurrence from who bought what.
@@ -190,8 +199,7 @@ class CooccurrenceRecommender:
             self.
         """
         self.items_ = pd.Index(sorted(pairs.item.unique()))
-        customers = pd.Index(pairs.customer_id.unique())
-        x = self._matrix(pairs, customers)
+        x, _ = self._matrix(pairs)
         co = (x.T @ x).tocsr().astype(np.float32)
         co.setdiag(0)
         co.eliminate_zeros()
@@ -215,8 +223,7 @@ class CooccurrenceRecommender:
         pandas.DataFrame
             customer_id, rank (1 = best), item, score.
         """
-        customers = pd.Index(pairs.customer_id.unique())
-        x = self._matrix(pairs, customers)
+        x, customers = self._matrix(pairs)
         k = min(self.k, len(self.items_))
         ids, ranks, items, values = [], [], [], []
         sim: sparse.csr_matrix | np.ndarray = self.similarity_
@@ -228,24 +235,21 @@ class CooccurrenceRecommender:
             xb = x[start : start + batch]
             product = xb @ sim
             scores = product if isinstance(product, np.ndarray) else product.toarray()
-            scores += (
-                1e-9 * self.popularity_ / max(self.popularity_.max(), 1)
-            )  # ties: popular first
-            scores[xb.toarray() > 0] = -np.inf
-            # the k best of each row (partial selection), then those k in order
-            top = (
-                np.argpartition(-scores, k - 1, axis=1)[:, :k]
-                if k < scores.shape[1]
-                else (np.tile(np.arange(scores.shape[1]), (len(scores), 1)))
-            )
-            order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-            top = np.take_along_axis(top, order, axis=1)
-            best = np.take_along_axis(scores, top, axis=1)
-            found = np.isfinite(best)  # fewer than k items left to recommend
-            rows = np.broadcast_to(np.arange(start, start + len(top))[:, None], top.shape)
-            ids.append(rows[found])
-            ranks.append(np.broadcast_to(np.arange(1, k + 1), top.shape)[found])
-            items.append(top[found])
+            owned_rows = np.repeat(np.arange(xb.shape[0]), np.diff(xb.indptr))
+            scores[owned_rows, xb.indices] = -np.inf
+            # the k-th best score of each row (a partition, far cheaper than an argpartition),
+            # then the few cells at or above it: best first, ties to the more popular item, k per row
+            m = scores.shape[1]
+            kth = np.partition(scores, m - k, axis=1)[:, m - k : m - k + 1]
+            row, col = np.nonzero(scores >= kth)
+            best = scores[row, col]
+            order = np.lexsort((col, -self.popularity_[col], -best, row))
+            row, col, best = row[order], col[order], best[order]
+            rank = np.arange(len(row)) - np.searchsorted(row, row) + 1
+            found = (rank <= k) & np.isfinite(best)  # fewer than k items left to recommend
+            ids.append(row[found] + start)
+            ranks.append(rank[found])
+            items.append(col[found])
             values.append(best[found])
         frame = pd.DataFrame(
             {
@@ -280,12 +284,15 @@ class CooccurrenceRecommender:
             customer_id, rank, item.
         """
         order = np.argsort(-self.popularity_, kind="stable")  # most bought first
-        customers = pd.Index(pairs.customer_id.unique()).sort_values()
-        x = self._matrix(pairs, customers)
+        x, customers = self._matrix(pairs, sort=True)
+        x = x[:, order].tocsr()  # columns by popularity
         k = min(self.k, len(self.items_))
+        owned_per_row = np.diff(x.indptr)
         ids, ranks, items = [], [], []
         for start in range(0, len(customers), batch):
-            owned = x[start : start + batch].toarray()[:, order] > 0
+            # the k best items a customer lacks are among the k + (items owned) most popular
+            width = min(k + int(owned_per_row[start : start + batch].max(initial=0)), x.shape[1])
+            owned = x[start : start + batch, :width].toarray() > 0
             # stable sort puts the items not owned first, in popularity order
             first = np.argsort(owned, axis=1, kind="stable")[:, :k]
             free = ~np.take_along_axis(owned, first, axis=1)
@@ -305,18 +312,30 @@ class CooccurrenceRecommender:
         )
 
 
+def _pairs_table(pairs: pd.DataFrame | ir.Table, name: str) -> ir.Table:
+    """Return the distinct (customer_id, item) pairs of a frame or table as an ibis table."""
+    table = pairs if isinstance(pairs, ir.Table) else ibis.memtable(pairs)
+    require_columns(table, ("customer_id", "item"), name)
+    return table.select("customer_id", "item").distinct()
+
+
 def evaluate_recommendations(
-    recs: pd.DataFrame, later: pd.DataFrame, before: pd.DataFrame
+    recs: pd.DataFrame | ir.Table,
+    later: pd.DataFrame | ir.Table,
+    before: pd.DataFrame | ir.Table,
 ) -> dict[str, float]:
     """Hit rate and recall of recommendations on items first bought after the cutoff.
 
+    The comparison is one query (anti-join of the repeat purchases, join of the
+    recommendations), run where ``later`` lives; frames are uploaded to it.
+
     Parameters
     ----------
-    recs : pandas.DataFrame
+    recs : pandas.DataFrame or ibis Table
         customer_id, item (the recommendations).
-    later : pandas.DataFrame
-        customer_id, item bought after the cutoff.
-    before : pandas.DataFrame
+    later : pandas.DataFrame or ibis Table
+        customer_id, item bought after the cutoff, e.g. :func:`purchased_items`.
+    before : pandas.DataFrame or ibis Table
         customer_id, item bought before the cutoff (repeat purchases are not new).
 
     Returns
@@ -324,17 +343,34 @@ def evaluate_recommendations(
     dict
         hit_rate (share of evaluated customers with at least one recommended new
         item bought), recall (share of new items recommended), customers evaluated.
+
+    Raises
+    ------
+    ValueError
+        If customer_id or item is missing from an input.
     """
-    new = later.merge(before.assign(_had=1), on=["customer_id", "item"], how="left")
-    new = new[new._had.isna()][["customer_id", "item"]].drop_duplicates()
-    new = new[new.customer_id.isin(recs.customer_id)]
-    if new.empty:
+    recommended = _pairs_table(recs, "recs")
+    keys = ["customer_id", "item"]
+    new = _pairs_table(later, "later").anti_join(_pairs_table(before, "before"), keys)
+    new = new.semi_join(recommended.select("customer_id").distinct(), "customer_id")
+    scored = new.left_join(recommended.mutate(_hit=ibis.literal(1)), keys)
+    hit = scored._hit.notnull()
+    counts = (
+        scored.aggregate(
+            customers=scored.customer_id.nunique(),
+            new_items=scored.count(),
+            hits=hit.sum(),
+            hit_customers=scored.customer_id.nunique(where=hit),
+        )
+        .to_pyarrow()
+        .to_pylist()[0]
+    )
+    if not counts["new_items"]:
         return {"hit_rate": float("nan"), "recall": float("nan"), "customers": 0}
-    hits = new.merge(recs[["customer_id", "item"]].drop_duplicates(), on=["customer_id", "item"])
     return {
-        "hit_rate": hits.customer_id.nunique() / new.customer_id.nunique(),
-        "recall": len(hits) / len(new),
-        "customers": int(new.customer_id.nunique()),
+        "hit_rate": counts["hit_customers"] / counts["customers"],
+        "recall": counts["hits"] / counts["new_items"],
+        "customers": int(counts["customers"]),
     }
 
 
