@@ -363,6 +363,12 @@ def test_top_reasons_match_recomputing_every_feature_for_every_customer():
         assert named == expected, (i, text, rises[i])
     # explained in batches (bounded memory): the same reasons, in the same order
     pd.testing.assert_series_equal(churn.top_reasons(model, who, ref, k=2, batch=70), reasons)
+    # the comparison above ran with the shortcut that skips values on the reference's side
+    # of every split: it is in use for boosting and not for other models
+    thresholds = churn._split_thresholds(model.base)
+    assert thresholds and set(thresholds) <= set(range(len(feats)))
+    assert all((np.diff(t) > 0).all() for t in thresholds.values())
+    assert churn._split_thresholds(churn.ChurnModel("logistic").fit(train)) is None
 
 
 def test_frame_source_builds_each_cutoff_once_until_cleared():

@@ -331,6 +331,11 @@ def test_customer_sample_restricts_every_keyed_table_to_the_same_seeded_customer
     assert len(temporary) == 3  # the copies are temporary tables of the store's session
     features.release_tables(copies)
     assert set(con.list_tables()) & temporary == set()
+    # a sample of most customers is not worth a copy: the same rows, read from the tables
+    most = features.customer_sample(tables, 80, seed=7, materialize=True)
+    assert not any(isinstance(t, ibis.expr.types.CachedTable) for t in most.values())
+    assert most["customers"].count().to_pandas() == 80
+    assert not {t for t in con.list_tables() if t.startswith("ibis_cached")}
     again = set(features.customer_sample(tables, 30, seed=7)["customers"].to_pandas().customer_id)
     other = set(features.customer_sample(tables, 30, seed=8)["customers"].to_pandas().customer_id)
     assert again == kept and other != kept

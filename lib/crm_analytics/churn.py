@@ -1258,6 +1258,27 @@ def permutation_importance_table(
     return out.sort_values(["importance", "feature"], ascending=[False, True], ignore_index=True)
 
 
+def _split_thresholds(model: ChurnModel) -> dict[int, np.ndarray] | None:
+    """Return, per feature index, the sorted thresholds a boosting model's trees split it at.
+
+    Features never split on are absent. None for other models, or when the trees
+    are not readable (they are a private part of scikit-learn's
+    HistGradientBoostingClassifier) or split on categories.
+    """
+    est = getattr(model, "estimator_", None)
+    if not isinstance(est, HistGradientBoostingClassifier):
+        return None
+    try:
+        nodes = np.concatenate([tree.nodes for trees in est._predictors for tree in trees])
+        split = nodes["is_leaf"] == 0
+        if "is_categorical" in (nodes.dtype.names or ()) and nodes["is_categorical"][split].any():
+            return None
+        feature, threshold = nodes["feature_idx"][split], nodes["num_threshold"][split]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return {int(j): np.unique(threshold[feature == j]) for j in np.unique(feature)}
+
+
 def top_reasons(
     model: CalibratedChurnModel,
     frame: pd.DataFrame,
@@ -1305,12 +1326,20 @@ def top_reasons(
     x = frame[features].astype(float).reset_index(drop=True)
     values = x.to_numpy(dtype=float, copy=True)
     rises = np.zeros((len(x), len(features)))
+    thresholds = _split_thresholds(model.base)
     for j, f in enumerate(features):
         ref = reference.get(f, np.nan)
         if pd.isna(ref):
             continue
         # only customers whose value differs from the reference can change: re-predict those
-        rows = np.flatnonzero(values[:, j] != float(ref))  # NaN differs from any reference
+        changes = values[:, j] != float(ref)  # NaN differs from any reference
+        if thresholds is not None:
+            # trees send x left when x <= threshold: a value with as many thresholds below it
+            # as the reference takes the same path through every tree, so nothing changes
+            t = thresholds.get(j, np.empty(0))
+            same_side = np.searchsorted(t, values[:, j]) == np.searchsorted(t, float(ref))
+            changes &= ~(same_side & ~np.isnan(values[:, j]))
+        rows = np.flatnonzero(changes)
         if len(rows) == 0:
             continue
         changed = pd.DataFrame(values[rows], columns=features)
@@ -1323,7 +1352,7 @@ def top_reasons(
         for j in order[i]:
             if rises[i, j] <= 0:
                 break
-            v = x.iat[i, j]
+            v = values[i, j]
             shown = "missing" if pd.isna(v) else (f"{v:,.0f}" if abs(v) >= 10 else f"{v:,.2g}")
             joint.append(f"{feature_label(features[j])} {shown}")
             if rises[i, j] >= min_points:

@@ -361,22 +361,21 @@ def pairwise_scores(predicted: pd.DataFrame, truth: pd.DataFrame) -> dict[str, f
         precision, recall, f1, true_pairs, predicted_pairs, correct_pairs.
     """
 
-    def pair_set(frame: pd.DataFrame, id_col: str, cluster_col: str) -> set[tuple[str, str]]:
-        out: set[tuple[str, str]] = set()
-        for _, members in frame.groupby(cluster_col)[id_col]:
-            m = sorted(members.astype(str))
-            out.update((a, b) for i, a in enumerate(m) for b in m[i + 1 :])
-        return out
+    def pair_frame(frame: pd.DataFrame, id_col: str, cluster_col: str) -> pd.DataFrame:
+        # pairs (a < b) of records in the same cluster; single-record clusters have none
+        f = frame[[id_col, cluster_col]].astype(str).set_axis(["id", "cluster"], axis=1)
+        f = f[f.groupby("cluster").id.transform("size") > 1]
+        p = f.merge(f, on="cluster")
+        return p.loc[p.id_x < p.id_y, ["id_x", "id_y"]].drop_duplicates()
 
     t = truth[["customer_id", "duplicate_of"]].copy()
     t["cluster"] = t.duplicate_of.fillna(t.customer_id).astype(str)
     t = t[t.customer_id.isin(predicted.original_id)]
-    true_pairs = pair_set(t, "customer_id", "cluster")
-    multi = predicted[predicted.groupby("customer_id").original_id.transform("size") > 1]
-    pred_pairs = pair_set(multi, "original_id", "customer_id")
-    correct = len(true_pairs & pred_pairs)
-    precision = correct / len(pred_pairs) if pred_pairs else 1.0
-    recall = correct / len(true_pairs) if true_pairs else 1.0
+    true_pairs = pair_frame(t, "customer_id", "cluster")
+    pred_pairs = pair_frame(predicted, "original_id", "customer_id")
+    correct = len(true_pairs.merge(pred_pairs, on=["id_x", "id_y"]))
+    precision = correct / len(pred_pairs) if len(pred_pairs) else 1.0
+    recall = correct / len(true_pairs) if len(true_pairs) else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
         "precision": precision,

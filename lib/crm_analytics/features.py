@@ -890,6 +890,7 @@ def customer_sample(
     seed: int = 42,
     key: str = "customer_id",
     materialize: bool = False,
+    copy_share: float = 0.5,
 ) -> dict[str, ir.Table]:
     """Restrict every table to a seeded random sample of customers, when there are more.
 
@@ -916,6 +917,10 @@ def customer_sample(
         (ibis ``cache``: a DuckDB or PostgreSQL temporary table, a cached Spark
         frame), so that building frames at many cutoffs scans the sample, not
         the whole history, each time. Free the copies with :func:`release_tables`.
+    copy_share : float, default 0.5
+        With ``materialize``, copy only when the sample holds at most this share
+        of the customers: a copy of nearly everyone costs the store's memory and
+        saves little scanning.
 
     Returns
     -------
@@ -951,7 +956,7 @@ def customer_sample(
             out[name] = t.semi_join(orders.select("order_id"), "order_id")
         else:
             out[name] = t
-    if materialize:
+    if materialize and max_customers <= copy_share * len(ids):
         out = {name: t.cache() if t is not tables[name] else t for name, t in out.items()}
     return {name: out[name] for name in tables}
 
