@@ -1,3 +1,4 @@
+import ibis
 import numpy as np
 import pandas as pd
 import pytest
@@ -289,6 +290,15 @@ def test_actions_table_and_campaign_lists():
     assert got.columns.tolist() == ["customer_id", "name", "email", "phone", "segment"]
     assert got.customer_id.tolist() == ["a"]  # b declined, d never answered
     assert got.name[0].startswith("'=HYPERLINK") and got.phone[0] == "+8613800000000"
+    # from a store table: filtered there, the same list
+    con = ibis.duckdb.connect()
+    table = con.create_table("customers", customers.drop(columns="birth_date"))
+    in_store = segment.campaign_lists(table, segs, ["At Risk", "Lost"])
+    pd.testing.assert_frame_equal(in_store, got)
+    everyone = segment.campaign_lists(con.table("customers"), segs)
+    assert everyone.customer_id.tolist() == ["a", "c"]  # every segment, consenting only
+    with pytest.raises(ValueError, match="consent_marketing"):
+        segment.campaign_lists(con.table("customers").drop("consent_marketing"), segs)
 
 
 def test_net_promoter_score_and_groups():

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import ibis
+import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 import yaml
@@ -657,7 +659,7 @@ CAMPAIGN_FIELDS: tuple[str, ...] = ("customer_id", "name", "email", "phone", "se
 
 
 def campaign_lists(
-    customers: pd.DataFrame,
+    customers: pd.DataFrame | ir.Table,
     segments: pd.DataFrame,
     wanted: list[str] | None = None,
     consent_col: str = "consent_marketing",
@@ -666,8 +668,10 @@ def campaign_lists(
 
     Parameters
     ----------
-    customers : pandas.DataFrame
-        Clean customers with contact details and ``consent_col``.
+    customers : pandas.DataFrame or ibis Table
+        Clean customers with contact details and ``consent_col``. A table is
+        filtered in the store (consent, wanted customers, contact columns) before
+        anything is read, so only the list itself reaches pandas.
     segments : pandas.DataFrame
         customer_id and segment.
     wanted : list of str, optional
@@ -682,10 +686,16 @@ def campaign_lists(
     """
     require_columns(customers, ["customer_id", consent_col])
     require_columns(segments, ["customer_id", "segment"])
-    consenting = customers[customers[consent_col].fillna(False).astype(bool)]
-    out = consenting.merge(segments[["customer_id", "segment"]], on="customer_id")
+    segments = segments[["customer_id", "segment"]]
     if wanted:
-        out = out[out.segment.isin(wanted)]
+        segments = segments[segments.segment.isin(wanted)]
+    if isinstance(customers, ir.Table):
+        listed = ibis.memtable(segments[["customer_id"]].astype({"customer_id": str}))
+        kept = customers.filter(customers[consent_col].fill_null(False).cast("boolean"))
+        columns = [c for c in CAMPAIGN_FIELDS if c in kept.columns] + [consent_col]
+        customers = kept.semi_join(listed, "customer_id").select(*columns).to_pandas()
+    consenting = customers[customers[consent_col].fillna(False).astype(bool)]
+    out = consenting.merge(segments, on="customer_id")
     fields = [c for c in CAMPAIGN_FIELDS if c in out.columns]
     return neutralise_formulas(
         out[fields].sort_values(["segment", "customer_id"], ignore_index=True)
