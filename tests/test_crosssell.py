@@ -74,6 +74,40 @@ def test_recommendation_ties_go_to_the_more_popular_item():
     assert not recs.merge(bought, on=["customer_id", "item"]).shape[0]  # nothing already owned
 
 
+def test_recommendations_equal_a_full_sort_of_every_item():
+    # sparse co-purchases: most rows tie at a score of 0 far beyond k
+    rng = np.random.default_rng(3)
+    bought = (
+        pd.DataFrame(
+            {
+                "customer_id": rng.integers(0, 400, 800).astype(str),
+                "item": rng.integers(0, 300, 800),
+            }
+        )
+        .astype({"item": str})
+        .drop_duplicates()
+    )
+    model = crosssell.CooccurrenceRecommender(k=5).fit(bought)
+    got = model.recommend(bought, batch=64)
+    owned = bought.groupby("customer_id").item.agg(set)
+    items = model.items_
+    expected = []
+    for cid in pd.unique(bought.customer_id):
+        have = [items.get_loc(i) for i in owned[cid]]
+        score = model.similarity_[have].sum(axis=0).A1
+        free = [j for j in range(len(items)) if j not in have]
+        best = sorted(free, key=lambda j: (-score[j], -model.popularity_[j], j))[:5]
+        expected += [(cid, r + 1, items[j]) for r, j in enumerate(best)]
+    assert list(got[["customer_id", "rank", "item"]].itertuples(index=False, name=None)) == expected
+    assert crosssell.CooccurrenceRecommender(k=0).fit(bought).recommend(bought).empty
+
+
+def test_recommender_takes_items_that_are_not_text():
+    bought = pd.DataFrame({"customer_id": ["x", "x", "y"], "item": [1, 2, 1]})
+    got = crosssell.CooccurrenceRecommender(k=1).fit(bought).recommend(bought)
+    assert got[["customer_id", "item"]].values.tolist() == [["y", "2"]]
+
+
 def test_evaluate_recommendations():
     before = pd.DataFrame({"customer_id": ["x", "y"], "item": ["a", "a"]})
     later = pd.DataFrame({"customer_id": ["x", "x", "y", "y"], "item": ["b", "c", "a", "d"]})

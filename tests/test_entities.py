@@ -76,6 +76,10 @@ def test_pairwise_scores_known_answer():
     assert got["precision"] == pytest.approx(0.5)
     assert got["recall"] == pytest.approx(1 / 3)
     assert got["f1"] == pytest.approx(0.4)
+    # records without a cluster pair with nobody
+    unassigned = predicted.assign(customer_id=["a", "a", None, None, None])
+    got = entities.pairwise_scores(unassigned, truth)
+    assert (got["predicted_pairs"], got["correct_pairs"], got["precision"]) == (1, 1, 1.0)
 
 
 def test_match_settings_validated():

@@ -299,6 +299,11 @@ def test_actions_table_and_campaign_lists():
     assert everyone.customer_id.tolist() == ["a", "c"]  # every segment, consenting only
     with pytest.raises(ValueError, match="consent_marketing"):
         segment.campaign_lists(con.table("customers").drop("consent_marketing"), segs)
+    # integer ids and a consent column that is not boolean are read as the frame path reads them
+    numbered = con.create_table("numbered", pd.DataFrame(
+        {"customer_id": [1, 2, 3], "email": ["a@q.com", "b@q.com", "c@q.com"], "consent_marketing": [1, 0, 1]}))  # fmt: skip
+    seg_ids = pd.DataFrame({"customer_id": [1, 2, 3], "segment": ["At Risk"] * 3})
+    assert segment.campaign_lists(numbered, seg_ids).customer_id.tolist() == [1, 3]
 
 
 def test_net_promoter_score_and_groups():

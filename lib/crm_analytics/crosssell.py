@@ -171,12 +171,15 @@ class CooccurrenceRecommender:
         """Return the customer x item 0/1 matrix of ``pairs`` (customer_id, item) and its rows.
 
         Customers are numbered in order of appearance (or sorted with ``sort``);
-        items not seen in :meth:`fit` are left out.
+        pairs without a customer id, and items not seen in :meth:`fit`, are left out.
         """
         rows, customers = pd.factorize(pairs.customer_id, sort=sort)
-        known = pa.array(np.asarray(self.items_, dtype=object), type=pa.large_string())
-        cols = pc.index_in(pa.array(pairs.item, type=pa.large_string()), value_set=known)
-        cols = cols.fill_null(-1).to_numpy(zero_copy_only=False)
+        if pd.api.types.is_string_dtype(pairs.item) and pd.api.types.is_string_dtype(self.items_):
+            known = pa.array(np.asarray(self.items_, dtype=object), type=pa.large_string())
+            cols = pc.index_in(pa.array(pairs.item, type=pa.large_string()), value_set=known)
+            cols = cols.fill_null(-1).to_numpy(zero_copy_only=False)
+        else:
+            cols = self.items_.get_indexer(pairs.item)
         keep = (rows >= 0) & (cols >= 0)
         data = np.ones(keep.sum(), dtype=np.float32)
         m = sparse.csr_matrix(
@@ -226,22 +229,32 @@ class CooccurrenceRecommender:
         x, customers = self._matrix(pairs)
         k = min(self.k, len(self.items_))
         ids, ranks, items, values = [], [], [], []
+        by_popularity = np.lexsort((np.arange(len(self.items_)), -self.popularity_))
         sim: sparse.csr_matrix | np.ndarray = self.similarity_
         if sim.shape[0] ** 2 * 4 <= DENSE_SIMILARITY_BYTES:
             # a catalogue of a few thousand items co-occurs almost everywhere: a dense
             # matrix multiplies far faster than a sparse one that is not sparse
             sim = sim.toarray()
-        for start in range(0, len(customers), batch):
+        for start in range(0, len(customers) if k else 0, batch):
             xb = x[start : start + batch]
             product = xb @ sim
             scores = product if isinstance(product, np.ndarray) else product.toarray()
             owned_rows = np.repeat(np.arange(xb.shape[0]), np.diff(xb.indptr))
             scores[owned_rows, xb.indices] = -np.inf
-            # the k-th best score of each row (a partition, far cheaper than an argpartition),
-            # then the few cells at or above it: best first, ties to the more popular item, k per row
+            # the k-th best score of each row (a partition, far cheaper than an argpartition);
+            # the cells above it, then as many cells equal to it as each row still needs, the
+            # most popular first (a row with few co-bought items ties at 0 almost everywhere)
             m = scores.shape[1]
             kth = np.partition(scores, m - k, axis=1)[:, m - k : m - k + 1]
-            row, col = np.nonzero(scores >= kth)
+            above = scores > kth
+            row, col = np.nonzero(above)
+            need = k - above.sum(axis=1)
+            if need.any():
+                tied = (scores == kth)[:, by_popularity]
+                taken = tied & (np.cumsum(tied, axis=1) <= need[:, None])
+                tie_row, tie_rank = np.nonzero(taken)
+                row = np.concatenate([row, tie_row])
+                col = np.concatenate([col, by_popularity[tie_rank]])
             best = scores[row, col]
             order = np.lexsort((col, -self.popularity_[col], -best, row))
             row, col, best = row[order], col[order], best[order]
@@ -316,6 +329,7 @@ def _pairs_table(pairs: pd.DataFrame | ir.Table, name: str) -> ir.Table:
     """Return the distinct (customer_id, item) pairs of a frame or table as an ibis table."""
     table = pairs if isinstance(pairs, ir.Table) else ibis.memtable(pairs)
     require_columns(table, ("customer_id", "item"), name)
+    table = table.filter(table.customer_id.notnull() & table.item.notnull())
     return table.select("customer_id", "item").distinct()
 
 
@@ -327,7 +341,8 @@ def evaluate_recommendations(
     """Hit rate and recall of recommendations on items first bought after the cutoff.
 
     The comparison is one query (anti-join of the repeat purchases, join of the
-    recommendations), run where ``later`` lives; frames are uploaded to it.
+    recommendations), run where the tables live (one connection); frames are
+    uploaded to it. Rows with a missing customer id or item are ignored.
 
     Parameters
     ----------

@@ -362,8 +362,9 @@ def pairwise_scores(predicted: pd.DataFrame, truth: pd.DataFrame) -> dict[str, f
     """
 
     def pair_frame(frame: pd.DataFrame, id_col: str, cluster_col: str) -> pd.DataFrame:
-        # pairs (a < b) of records in the same cluster; single-record clusters have none
-        f = frame[[id_col, cluster_col]].astype(str).set_axis(["id", "cluster"], axis=1)
+        # pairs (a < b) of records in the same cluster; single-record clusters have none,
+        # and records without an id or a cluster belong to none
+        f = frame[[id_col, cluster_col]].dropna().astype(str).set_axis(["id", "cluster"], axis=1)
         f = f[f.groupby("cluster").id.transform("size") > 1]
         p = f.merge(f, on="cluster")
         return p.loc[p.id_x < p.id_y, ["id_x", "id_y"]].drop_duplicates()

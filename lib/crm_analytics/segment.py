@@ -670,8 +670,8 @@ def campaign_lists(
     ----------
     customers : pandas.DataFrame or ibis Table
         Clean customers with contact details and ``consent_col``. A table is
-        filtered in the store (consent, wanted customers, contact columns) before
-        anything is read, so only the list itself reaches pandas.
+        narrowed in the store to the wanted segments' customers and the contact
+        columns before anything is read.
     segments : pandas.DataFrame
         customer_id and segment.
     wanted : list of str, optional
@@ -690,10 +690,12 @@ def campaign_lists(
     if wanted:
         segments = segments[segments.segment.isin(wanted)]
     if isinstance(customers, ir.Table):
-        listed = ibis.memtable(segments[["customer_id"]].astype({"customer_id": str}))
-        kept = customers.filter(customers[consent_col].fill_null(False).cast("boolean"))
-        columns = [c for c in CAMPAIGN_FIELDS if c in kept.columns] + [consent_col]
-        customers = kept.semi_join(listed, "customer_id").select(*columns).to_pandas()
+        listed = ibis.memtable(segments[["customer_id"]])
+        listed = listed.select(customer_id=listed.customer_id.cast(customers.customer_id.type()))
+        columns = [c for c in CAMPAIGN_FIELDS if c in customers.columns and c != consent_col]
+        customers = (
+            customers.semi_join(listed, "customer_id").select(*columns, consent_col).to_pandas()
+        )
     consenting = customers[customers[consent_col].fillna(False).astype(bool)]
     out = consenting.merge(segments, on="customer_id")
     fields = [c for c in CAMPAIGN_FIELDS if c in out.columns]
