@@ -735,13 +735,17 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
         _column=rules.column,
         _reason=rules.reason,
     )
-    staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
-    ok = (staged._reason.isnull()) & (staged._dup_rank == 0)
     # outliers judged to be errors are quarantined before keys and references are checked
-    for key, rule in settings.outliers.items():
-        ot, oc = key.split(".", 1)
-        if ot != table or rule.get("action", "flag") != "quarantine":
-            continue
+    quarantined_outliers = [
+        (key.split(".", 1)[1], rule)
+        for key, rule in settings.outliers.items()
+        if key.split(".", 1)[0] == table and rule.get("action", "flag") == "quarantine"
+    ]
+    if quarantined_outliers:
+        # their thresholds are statistics of the valid rows: stage those once
+        staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
+    ok = (staged._reason.isnull()) & (staged._dup_rank == 0)
+    for oc, rule in quarantined_outliers:
         judged = staged.filter(ok)
         judged = judged.mutate(**{oc: judged[f"_t_{oc}"]})
         cond, _, _ = outlier_condition(
