@@ -188,6 +188,10 @@ class CooccurrenceRecommender:
         m.data[:] = 1.0
         return m, pd.Index(customers)
 
+    def _popularity_order(self) -> np.ndarray:
+        """Return the item positions, most bought first (ties by position)."""
+        return np.argsort(-self.popularity_, kind="stable")
+
     def fit(self, pairs: pd.DataFrame) -> CooccurrenceRecommender:
         """Learn co-occurrence from who bought what.
 
@@ -229,7 +233,7 @@ class CooccurrenceRecommender:
         x, customers = self._matrix(pairs)
         k = min(self.k, len(self.items_))
         ids, ranks, items, values = [], [], [], []
-        by_popularity = np.lexsort((np.arange(len(self.items_)), -self.popularity_))
+        by_popularity = self._popularity_order()
         sim: sparse.csr_matrix | np.ndarray = self.similarity_
         if sim.shape[0] ** 2 * 4 <= DENSE_SIMILARITY_BYTES:
             # a catalogue of a few thousand items co-occurs almost everywhere: a dense
@@ -296,7 +300,7 @@ class CooccurrenceRecommender:
         pandas.DataFrame
             customer_id, rank, item.
         """
-        order = np.argsort(-self.popularity_, kind="stable")  # most bought first
+        order = self._popularity_order()
         x, customers = self._matrix(pairs, sort=True)
         x = x[:, order].tocsr()  # columns by popularity
         k = min(self.k, len(self.items_))
