@@ -173,6 +173,22 @@ def test_data_larger_than_the_memory_limit_fails_with_a_clear_message(tiny_datas
     assert manifest["status"] == "failed" and "Out of Memory" in manifest["stages"][0]["error"]
 
 
+def test_store_connection_caps_memory_and_returns_freed_memory(tmp_path):
+    """The memory limit is set, and DuckDB's allocator gives freed pages back between queries."""
+    from crm_analytics import store
+
+    con = store.connect(str(tmp_path / "s.duckdb"), memory_limit="300MB")
+    settings = dict(
+        con.raw_sql(
+            "select name, value from duckdb_settings() "
+            "where name in ('memory_limit', 'allocator_background_threads')"
+        ).fetchall()
+    )
+    con.disconnect()
+    assert settings["allocator_background_threads"] == "true"
+    assert settings["memory_limit"].startswith("286")  # 300 MB in MiB
+
+
 def test_memory_watch_sees_the_peak_of_a_child_process():
     """A child holding about 300 MB for a second shows up as the stage's kernel peak."""
     with MemoryWatch(interval=0.05) as idle:  # children this test process already has

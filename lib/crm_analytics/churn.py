@@ -1426,7 +1426,10 @@ class FrameSource:
             return self.cached[key]
         expr = churn_frame(self.tables, key[0], self.window_days, self.categories, labelled,
                            self.windows, self.activity_window_days)  # fmt: skip
-        frame = expr.to_pandas().sort_values("customer_id", ignore_index=True)
+        # sorted in the store; pandas sorts only where the store's collation differs
+        frame = expr.order_by("customer_id").to_pandas()
+        if not frame.customer_id.is_monotonic_increasing:
+            frame = frame.sort_values("customer_id", ignore_index=True)
         if self.max_cached is not None:
             while self.cached and len(self.cached) >= self.max_cached:
                 del self.cached[next(iter(self.cached))]

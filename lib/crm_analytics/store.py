@@ -203,6 +203,10 @@ def connect(
         con = ibis.duckdb.connect(str(path), read_only=read_only)
     if memory_limit:
         con.raw_sql(f"SET memory_limit = '{memory_limit}'")
+    # hand memory freed after a query back to the operating system (a background
+    # thread of DuckDB's allocator); otherwise the pages a big query used stay with
+    # the process and stack up under the frames Python builds afterwards
+    con.raw_sql("SET allocator_background_threads = true")
     return con
 
 
