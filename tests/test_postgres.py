@@ -1,4 +1,7 @@
-"""The same ibis feature expressions give the same answers on DuckDB and on a real PostgreSQL."""
+"""The same ibis feature expressions give the same answers on DuckDB and on a real PostgreSQL;
+runs on a PostgreSQL store are locked against each other."""
+
+import time
 
 import ibis
 import pandas as pd
@@ -116,3 +119,56 @@ def test_postgres_and_duckdb_sources_give_identical_clean_tables(
         assert_frame_equal(cleaned["postgres"][t], cleaned["duckdb"][t], check_dtype=False)
     pg.drop_table("crm_customers")
     pg.drop_table("shop_orders")
+
+
+def test_runs_on_a_database_store_are_locked_until_the_holder_ends(postgres_url, tmp_path):
+    """A second run on the same PostgreSQL store stops, naming the first; a killed holder frees it."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from crm_analytics import config
+    from crm_analytics.runner import StoreBusy, database_lock, run_pipeline
+
+    with database_lock(postgres_url, "first"):
+        with pytest.raises(StoreBusy, match=r"crm-analytics first, server process \d+"):
+            with database_lock(postgres_url, "second"):
+                pass
+        params = config.load_params(config.project_root() / "params" / "default.yaml")
+        params["store"] = postgres_url
+        f = tmp_path / "p.yaml"
+        f.write_text(yaml.safe_dump(params, allow_unicode=True))
+        with pytest.raises(StoreBusy, match="in use by another run"):
+            run_pipeline(
+                f, run_id="late", only="forecast", reports_dir=tmp_path / "r", progress=False
+            )
+        assert not (tmp_path / "r" / "late").exists()  # stopped before anything ran
+    with database_lock(postgres_url, "after"):  # released when the holder finished
+        pass
+
+    hold = (
+        "import sys, time\nfrom crm_analytics.runner import database_lock\n"
+        "with database_lock(sys.argv[1], 'killed'):\n    print('held', flush=True)\n    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", hold, postgres_url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(StoreBusy, match="crm-analytics killed"):
+            with database_lock(postgres_url, "while-held"):
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    deadline = time.monotonic() + 20
+    while True:  # the server ends the dead session's lock as soon as it sees the socket close
+        try:
+            with database_lock(postgres_url, "next"):
+                break
+        except StoreBusy:
+            assert time.monotonic() < deadline, "the killed run's lock was never released"
+            time.sleep(0.2)

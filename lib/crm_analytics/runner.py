@@ -396,6 +396,69 @@ def store_lock(store_file: Path, run_id: str) -> Iterator[Path]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+RUN_LOCK_NAMESPACE = 0x43524D  # first key of the advisory lock runs take on a database store
+
+
+@contextlib.contextmanager
+def database_lock(url: str, run_id: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock on a database store for the length of a run.
+
+    The lock is keyed by the store's database and schema and lives on a session of
+    its own: the server releases it when that session ends, however the run ends
+    (``kill -9`` included), so a killed run never leaves a stale lock. Stores that
+    are not PostgreSQL URLs are not locked.
+
+    Parameters
+    ----------
+    url : str
+        The store's database URL (``${NAME}`` references are expanded).
+    run_id : str
+        The run taking the lock (shown to a run that finds it taken).
+
+    Yields
+    ------
+    None
+
+    Raises
+    ------
+    StoreBusy
+        If another run holds the lock (its run and server process are in the message).
+    """
+    con = connect(url)
+    if con.name != "postgres":
+        con.disconnect()
+        yield
+        return
+    raw = con.con
+    try:
+        with raw.cursor() as cur:
+            cur.execute(
+                "SELECT set_config('application_name', %s, false)",
+                (f"crm-analytics {run_id}"[:63],),
+            )
+            cur.execute("SELECT current_database() || '.' || current_schema()")
+            name = cur.fetchone()[0]
+            cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK_NAMESPACE, name))
+            if not cur.fetchone()[0]:
+                cur.execute(
+                    "SELECT a.application_name, a.pid FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                    "AND l.classid = %s AND l.objid = hashtext(%s)::oid AND l.granted",
+                    (RUN_LOCK_NAMESPACE, name),
+                )
+                row = cur.fetchone()
+                holder = (
+                    f"{row[0] or 'unknown run'}, server process {row[1]}" if row else "unknown run"
+                )
+                raise StoreBusy(
+                    f"store {name} is in use by another run ({holder}); wait for it to "
+                    "finish, or give this run its own schema"
+                )
+        yield
+    finally:
+        con.disconnect()  # ends the session, which releases the lock
+
+
 def working_copy(store_file: Path, run_id: str, encryption_key_env: str = "") -> Path:
     """Copy the store to a run's private working file (call while holding :func:`store_lock`).
 
@@ -640,8 +703,9 @@ def run_pipeline(
 ) -> Path:
     """Run the selected stages and write the run's reports.
 
-    A DuckDB store is locked for the run (a second run on the same store stops
-    with :class:`StoreBusy`) and the stages work on a private copy of it that
+    The store is locked for the run (a second run on the same store stops with
+    :class:`StoreBusy`; a PostgreSQL store through :func:`database_lock`). For a
+    DuckDB store the stages work on a private copy of it that
     replaces the store only when every stage succeeded: a run that fails or is
     killed leaves the store, ``reports/latest`` and earlier runs as they were.
 
@@ -683,10 +747,11 @@ def run_pipeline(
     stages = stages_to_run(from_stage, only)
     reports = resolve_path(reports_dir, root)
     store_file = duckdb_path(str(params.get("store", "")))
-    if store_file is None:  # a database URL: the server keeps its own consistency
-        return _run_stages(params, params_file, stages, reports, run_id, None, kernel, progress,
-                           keep, language)  # fmt: skip
     lock_id = run_id or f"pid {os.getpid()}"
+    if store_file is None:  # a database URL: locked on the server, tables replaced one by one
+        with database_lock(str(params.get("store", "")), lock_id):
+            return _run_stages(params, params_file, stages, reports, run_id, None, kernel,
+                               progress, keep, language)  # fmt: skip
     with store_lock(store_file, lock_id):
         return _run_stages(params, params_file, stages, reports, run_id, store_file, kernel,
                            progress, keep, language)  # fmt: skip
