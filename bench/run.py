@@ -129,11 +129,12 @@ def generate(n: int, rate_scale: float) -> dict[str, Any] | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def params_file(n: int, memory_limit: str) -> Path:
+def params_file(n: int, memory_limit: str | None) -> Path:
     """Write the default parameters pointed at the benchmark data of size ``n``."""
     params = yaml.safe_load((ROOT / "params" / "default.yaml").read_text(encoding="utf-8"))
     params.pop("generate", None)
-    params["memory_limit"] = memory_limit
+    if memory_limit is not None:
+        params["memory_limit"] = memory_limit
     params["store"] = f"data/bench/store-{n}.duckdb"
     params["clean"]["truth_dir"] = f"data/bench/{n}/truth"
     params["collect"]["suppression_file"] = f"data/bench/suppression-{n}.csv"
@@ -144,7 +145,7 @@ def params_file(n: int, memory_limit: str) -> Path:
     return path
 
 
-def run_pipeline(n: int, memory_limit: str) -> dict[str, Any]:
+def run_pipeline(n: int, memory_limit: str | None) -> dict[str, Any]:
     """Run every stage on size ``n``; return the manifest and the runner's wall time."""
     run_id = f"bench-{n}-{time.strftime('%Y%m%dT%H%M%S')}"
     t0 = time.perf_counter()
@@ -244,12 +245,13 @@ def main() -> None:
     ap.add_argument("--generate-only", action="store_true", help="only generate the data")
     ap.add_argument(
         "--memory-limit",
-        default=MEMORY_LIMIT,
-        help="DuckDB memory_limit of the runs; a kernel peaks at about this plus its frames "
-        "(1GB keeps 1M customers within 3 GiB)",
+        help="DuckDB memory_limit of the runs instead of the default parameters' (1GB, which "
+        "keeps 1M customers within 3 GiB: a kernel peaks at about this plus its frames)",
     )
     args = ap.parse_args()
-    cutoff = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())["cutoff_date"]
+    defaults = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
+    cutoff = defaults["cutoff_date"]
+    args.memory_limit = args.memory_limit or defaults["memory_limit"]
     BENCH.mkdir(parents=True, exist_ok=True)
     table = []
     for n in args.customers:

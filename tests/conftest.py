@@ -13,7 +13,9 @@ from pathlib import Path
 
 import ibis
 import pytest
+import yaml
 
+from crm_analytics import clean, collect, entities
 from crm_analytics.generate import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,3 +124,18 @@ def postgres_url() -> str:
             capture_output=True,
         )
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def clean_store(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A DuckDB store holding the clean tables of the tiny dataset."""
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params" / "default.yaml").read_text(encoding="utf-8"))
+    sources = yaml.safe_dump(params["collect"]["sources"]).replace(
+        "data/raw/default", str(tiny_dataset)
+    )
+    con = ibis.duckdb.connect(str(tmp_path_factory.mktemp("engines") / "store.duckdb"))
+    collect.collect_sources(con, yaml.safe_load(sources))
+    clean.clean_all(con, clean.CleanSettings.build(as_of="2026-11-01"), entities.MatchSettings())
+    yield con
+    con.disconnect()

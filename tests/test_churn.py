@@ -397,6 +397,20 @@ def test_frame_source_builds_each_cutoff_once_until_cleared():
     assert list(bounded.cached) == [("2025-02-01", True), ("2025-02-15", True)]
 
 
+def test_frames_read_through_arrow_equal_ibis_own_conversion(clean_store):
+    """The fast Arrow read gives the very frame ``to_pandas`` gives: values, dtypes, order."""
+    from crm_analytics import features
+
+    names = ("orders", "customers", "order_items", "events", "tickets", "surveys")
+    tables = {t: clean_store.table(t) for t in names}
+    categories = features.top_categories(tables["orders"], tables["order_items"], "2026-03-01", 4)
+    for labelled in (True, False):
+        expr = features.churn_frame(tables, "2026-03-01", 60, categories, labelled)
+        pd.testing.assert_frame_equal(churn.arrow_frame(expr), expr.to_pandas())
+        frames = churn.FrameSource(tables, 60, categories)
+        pd.testing.assert_frame_equal(frames("2026-03-01", labelled), expr.to_pandas())
+
+
 def test_top_reasons_name_features_jointly_when_no_single_one_moves_a_near_certain_risk():
     rng = np.random.default_rng(3)
     n = 4000

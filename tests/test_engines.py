@@ -6,35 +6,17 @@ and a local Spark session (master local[2], bound to 127.0.0.1, UI off) reads
 them as Parquet through :func:`crm_analytics.store.engine_tables`.
 """
 
-from pathlib import Path
-
 import ibis
 import pandas as pd
 import pytest
-import yaml
 from pandas.testing import assert_frame_equal
 
-from crm_analytics import clean, collect, entities, features, store
+from crm_analytics import features, store
 
 pytestmark = [pytest.mark.postgres, pytest.mark.spark]
 
 TABLES = ("orders", "customers", "order_items", "events", "tickets", "surveys")
 CUTOFF = "2026-06-30"
-
-
-@pytest.fixture(scope="module")
-def clean_store(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A DuckDB store holding the clean tables of the tiny dataset."""
-    root = Path(__file__).resolve().parents[1]
-    params = yaml.safe_load((root / "params" / "default.yaml").read_text(encoding="utf-8"))
-    sources = yaml.safe_dump(params["collect"]["sources"]).replace(
-        "data/raw/default", str(tiny_dataset)
-    )
-    con = ibis.duckdb.connect(str(tmp_path_factory.mktemp("engines") / "store.duckdb"))
-    collect.collect_sources(con, yaml.safe_load(sources))
-    clean.clean_all(con, clean.CleanSettings.build(as_of="2026-11-01"), entities.MatchSettings())
-    yield con
-    con.disconnect()
 
 
 @pytest.fixture(scope="module")

