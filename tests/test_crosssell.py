@@ -138,6 +138,25 @@ def test_evaluate_recommendations_in_the_store_matches_frames(duck):
         )
 
 
+def test_recommendations_kept_on_another_connection_are_scored_where_the_purchases_are(
+    duck, tmp_path
+):
+    # the recommendations in one database, the purchases in another (the store and Spark)
+    before = pd.DataFrame({"customer_id": ["x", "y"], "item": ["a", "a"]})
+    later = pd.DataFrame({"customer_id": ["x", "x", "y", "y"], "item": ["b", "c", "a", "d"]})
+    recs = pd.DataFrame({"customer_id": ["x", "x", "y"], "item": ["b", "z", "q"]})
+    other = ibis.duckdb.connect(str(tmp_path / "other.duckdb"))
+    other.create_table("recs", recs)
+    duck.create_table("later", later)
+    duck.create_table("before", before)
+    got = crosssell.evaluate_recommendations(
+        other.table("recs"), duck.table("later"), duck.table("before")
+    )
+    assert got == crosssell.evaluate_recommendations(recs, later, before)
+    assert got["customers"] == 2
+    other.disconnect()
+
+
 def test_next_best_by_segment():
     segs = pd.DataFrame({"customer_id": ["x", "y", "z"], "segment": ["S", "S", "T"]})
     bought = pd.DataFrame({"customer_id": ["x", "y", "y", "z"], "item": ["a", "a", "b", "b"]})

@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from ibis.backends import BaseBackend
 from scipy import sparse
 
 from crm_analytics.features import _ts, paid_orders
 from crm_analytics.schemas import require_columns
+from crm_analytics.store import backend_of
 
 
 def purchased_items(
@@ -335,8 +337,16 @@ class CooccurrenceRecommender:
         )
 
 
-def _pairs_table(pairs: pd.DataFrame | ir.Table, name: str) -> ir.Table:
-    """Return the distinct (customer_id, item) pairs of a frame or table as an ibis table."""
+def _pairs_table(
+    pairs: pd.DataFrame | ir.Table, name: str, backend: BaseBackend | None = None
+) -> ir.Table:
+    """Return the distinct (customer_id, item) pairs of a frame or table as an ibis table.
+
+    A table on another connection than ``backend`` (recommendations kept in the
+    store while the purchases are on Spark) comes over as Arrow.
+    """
+    if isinstance(pairs, ir.Table) and backend_of(pairs) not in (None, backend):
+        pairs = pairs.to_pyarrow()
     table = pairs if isinstance(pairs, ir.Table) else ibis.memtable(pairs)
     require_columns(table, ("customer_id", "item"), name)
     table = table.filter(table.customer_id.notnull() & table.item.notnull())
@@ -351,8 +361,9 @@ def evaluate_recommendations(
     """Hit rate and recall of recommendations on items first bought after the cutoff.
 
     The comparison is one query (anti-join of the repeat purchases, join of the
-    recommendations), run where the tables live (one connection); frames are
-    uploaded to it. Rows with a missing customer id or item are ignored.
+    recommendations), run where the later purchases live; frames, and tables on
+    another connection, are uploaded to it. Rows with a missing customer id or
+    item are ignored.
 
     Parameters
     ----------
@@ -374,9 +385,10 @@ def evaluate_recommendations(
     ValueError
         If customer_id or item is missing from an input.
     """
-    recommended = _pairs_table(recs, "recs")
+    home = backend_of(later) if isinstance(later, ir.Table) else None
+    recommended = _pairs_table(recs, "recs", home)
     keys = ["customer_id", "item"]
-    new = _pairs_table(later, "later").anti_join(_pairs_table(before, "before"), keys)
+    new = _pairs_table(later, "later", home).anti_join(_pairs_table(before, "before", home), keys)
     new = new.semi_join(recommended.select("customer_id").distinct(), "customer_id")
     scored = new.left_join(recommended.mutate(_hit=ibis.literal(1)), keys)
     hit = scored._hit.notnull()

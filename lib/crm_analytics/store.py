@@ -249,13 +249,25 @@ def write_table(con: BaseBackend, name: str, obj: ir.Table | pd.DataFrame | Any)
     read the table back with ``con.table(name)``. An expression on another
     engine (Spark features written to the store) arrives as Arrow batches.
     """
-    if isinstance(obj, ir.Table) and _backend_of(obj) not in (None, con):
+    if isinstance(obj, ir.Table) and backend_of(obj) not in (None, con):
         obj = obj.to_pyarrow()
     con.create_table(name, obj, overwrite=True)
 
 
-def _backend_of(expr: ir.Table) -> BaseBackend | None:
-    """Return the backend an expression reads from, or None for an in-memory table."""
+def backend_of(expr: ir.Table) -> BaseBackend | None:
+    """Return the backend an expression reads from.
+
+    Parameters
+    ----------
+    expr : ibis Table
+        Any table expression.
+
+    Returns
+    -------
+    BaseBackend or None
+        The connection the expression runs on, or None for an in-memory table
+        (``ibis.memtable``), which runs on any connection.
+    """
     try:
         return expr._find_backend()
     except ibis.common.exceptions.IbisError:
