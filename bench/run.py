@@ -271,6 +271,8 @@ def main() -> None:
         result["features"] = time_features(n, cutoff, args.engine)
         table.append(result)
         (BENCH / f"result-{n}.json").write_text(json.dumps(result, indent=2, default=str))
+    if not table:  # --generate-only
+        return
 
     print()
     print(

@@ -231,6 +231,22 @@ def test_jsonl_values_arrive_as_written_and_late_keys_become_columns(duck, tmp_p
     assert raw._source_row.tolist() == [1, 2, 3]
 
 
+@pytest.mark.parametrize(
+    ("lines", "listed"),
+    [
+        # every key on the first line: its order, whatever the later lines hold
+        (['{"b": 1, "a": 2}', '{"a": 3}', '{"a": 4, "b": 5}'], "b, a"),
+        # keys that first appear later follow in order of appearance
+        (['{"b": 1, "a": 2}', '{"z": 3, "a": 4}', '{"c": 5, "z": 6}'], "b, a, z, c"),
+    ],
+)
+def test_jsonl_columns_follow_the_order_keys_first_appear(duck, tmp_path, lines, listed):
+    ev = tmp_path / "events.jsonl"
+    ev.write_text("\n".join(lines) + "\n")
+    with pytest.raises(collect.SourceError, match=rf"\(has: {listed}\)"):
+        collect.collect_sources(duck, {"events": {"kind": "jsonl", "path": str(ev)}})
+
+
 def test_failed_collect_leaves_the_raw_tables_as_they_were(duck, tmp_path):
     good = tmp_path / "orders.csv"
     good.write_text(

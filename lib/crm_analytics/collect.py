@@ -273,20 +273,27 @@ def _scan_sql(duck: Any, kind: str, path: Path) -> str:
 
     JSON lines are read as text: the keys of every object are collected first (one
     fast pass over the raw objects, so a key that first appears on the last line is
-    still a column), then each key is read as ``VARCHAR`` without type inference, so
+    still a column; columns follow the order of first appearance), then each key is read as ``VARCHAR`` without type inference, so
     values reach the raw table as written.
     """
     p = sql_literal(str(path))
     if kind == "jsonl":
-        keys = [
-            r[0]
-            for r in duck.execute(
-                "SELECT k FROM (SELECT line, unnest(ks) AS k, generate_subscripts(ks, 1) AS pos "
-                "FROM (SELECT row_number() OVER () AS line, json_keys(json) AS ks "
-                f"FROM read_json_objects({p}, format='newline_delimited'))) "
-                "GROUP BY k ORDER BY min(line), arg_min(pos, line)"
-            ).fetchall()
-        ]
+        objects = f"read_json_objects({p}, format='newline_delimited')"
+        first = duck.execute(f"SELECT json_keys(json) FROM {objects} LIMIT 1").fetchone()
+        keys = list(first[0] or []) if first else []
+        every = {r[0] for r in duck.execute(f"SELECT DISTINCT unnest(json_keys(json)) FROM {objects}")
+                 .fetchall()}  # fmt: skip
+        if not every <= set(keys):
+            # keys missing from the first line: order by first appearance (a slower,
+            # numbered pass, needed only then)
+            keys = [
+                r[0]
+                for r in duck.execute(
+                    "SELECT k FROM (SELECT line, unnest(ks) AS k, generate_subscripts(ks, 1) "
+                    "AS pos FROM (SELECT row_number() OVER () AS line, json_keys(json) AS ks "
+                    f"FROM {objects})) GROUP BY k ORDER BY min(line), arg_min(pos, line)"
+                ).fetchall()
+            ]
         if not keys:
             raise SourceError(f"{_display(path)}: no JSON object with a key")
         cols = "{" + ", ".join(f"{sql_literal(k)}: 'VARCHAR'" for k in keys) + "}"
