@@ -370,3 +370,37 @@ def test_generated_dataset_is_fully_accounted(tiny_dataset, duck):
     negative = defects[(defects.defect == "negative_amount") & defects.key.isin(kept)]
     fixes = duck.table("value_fixes").to_pandas().set_index("fix").rows
     assert fixes["amount: negative, booked as a refund"] == len(negative) > 0
+
+
+def test_later_repeats_are_all_but_the_first_by_source_and_row(duck):
+    rows = pd.DataFrame(
+        {
+            "_source": ["b.csv", "a.csv", "a.csv", "a.csv", "a.csv", "a.csv", "a.csv"],
+            "_source_row": [1, 9, 2, 3, 4, 5, 6],
+            "k": ["x", "x", "x", "y", None, None, "z"],
+            "v": [1, 1, 1, 1, None, None, 2],
+        }
+    )
+    t = duck.create_table("rows", rows)
+    got = clean.later_repeats(t, ["k", "v"]).to_pandas()
+    got = got.sort_values(["_source", "_source_row"], ignore_index=True)
+    # x/1 first at a.csv row 2; missing values are equal to each other
+    expected = pd.DataFrame({"_source": ["a.csv", "a.csv", "b.csv"], "_source_row": [5, 9, 1]})
+    assert_frame_equal(got, expected, check_dtype=False)
+    # compared only among the rows a condition keeps
+    got = clean.later_repeats(t, ["k"], where=t._source_row != 2).to_pandas()
+    got = got.sort_values(["_source", "_source_row"], ignore_index=True)
+    expected = pd.DataFrame({"_source": ["a.csv", "b.csv"], "_source_row": [5, 1]})
+    assert_frame_equal(got, expected, check_dtype=False)
+    flagged = clean.flag_later_repeats(t, ["k", "v"], "_dup").to_pandas()
+    flagged = flagged.sort_values(["_source", "_source_row"], ignore_index=True)
+    assert flagged._dup.tolist() == [False, False, False, True, False, True, True]
+    with pytest.raises(ValueError, match="'nope'"):
+        clean.later_repeats(t, ["nope"])
+
+
+def test_text_trims_white_space_at_the_ends_and_full_width_spaces(duck):
+    values = [" a", "b\t", "\nc", "d e", "f\tg", "h\u3000", "   ", "", None, "i"]
+    t = duck.create_table("texts", pd.DataFrame({"v": values}))
+    got = t.select(v=clean._text(t.v)).to_pandas().v.tolist()
+    assert got == ["a", "b", "c", "d e", "f\tg", "h", None, None, None, "i"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,11 +304,18 @@ def _to_local(zone: str, value: dt.datetime) -> dt.datetime:  # type: ignore[emp
 def _text(col: ir.StringValue) -> ir.StringValue:
     """Trim text (including full-width spaces); empty becomes missing.
 
-    Only values with a full-width space or white space at an end are rewritten; the
-    check is cheaper than DuckDB's trim with a character list, which most values
-    (already clean) would otherwise go through.
+    Only values with a space at an end, a tab, a line break or a full-width space are
+    rewritten; these plain string tests are cheaper than a regular expression or
+    DuckDB's trim with a character list, which most values (already clean) would
+    otherwise go through.
     """
-    untidy = col.re_search(r"^[ \t\n]|[ \t\n]$") | col.contains("\u3000")
+    untidy = (
+        col.startswith(" ")
+        | col.endswith(" ")
+        | col.contains("\t")
+        | col.contains("\n")
+        | col.contains("\u3000")
+    )
     return ibis.cases((untidy, col.replace("\u3000", " ").strip()), else_=col).nullif("")
 
 
@@ -684,6 +692,80 @@ def outlier_condition(
     return cond, lo, hi
 
 
+def later_repeats(
+    table: ir.Table, columns: Sequence[str], where: ir.BooleanValue | None = None
+) -> ir.Table:
+    """Return the lineage of every row but the first among rows equal in ``columns``.
+
+    "First" is by ``_source`` then ``_source_row``; missing values are equal to each
+    other. Only rows whose hash of ``columns`` occurs more than once are ranked, so the
+    window runs over the few repeating rows instead of the whole table (ranking every
+    row was the costliest step of the stage at scale). A hash collision only adds a
+    row to the ranking, never a wrong result.
+
+    Parameters
+    ----------
+    table : ibis Table
+        Rows with ``_source`` and ``_source_row`` (unique together).
+    columns : sequence of str
+        Columns whose equal values make rows repeats of each other.
+    where : ibis boolean expression, optional
+        Only rows meeting it are compared (and returned).
+
+    Returns
+    -------
+    ibis Table
+        ``_source`` and ``_source_row`` of the later repeats.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing.
+    """
+    missing = [c for c in [*columns, "_source", "_source_row"] if c not in table.columns]
+    if missing:
+        raise ValueError(f"table has no column {', '.join(map(repr, missing))}")
+    rows = table if where is None else table.filter(where)
+    hashed = ibis.struct({c: table[c] for c in columns}).hash()
+    # the two reads of ``rows`` differ in name so they stay two scans, not one shared
+    # (and fully materialised) subquery
+    counts = rows.select(_h=hashed).group_by("_h").aggregate(_n=ibis._.count())
+    repeated = counts.filter(counts._n > 1).select(_hash="_h")
+    shared = rows.select("_source", "_source_row", *columns, _hash=hashed).semi_join(
+        repeated, "_hash"
+    )
+    ranked = shared.mutate(
+        _rank=ibis.row_number().over(
+            group_by=[shared[c] for c in columns], order_by=[shared._source, shared._source_row]
+        )
+    )
+    return ranked.filter(ranked._rank > 0).select("_source", "_source_row")
+
+
+def flag_later_repeats(table: ir.Table, columns: Sequence[str], name: str) -> ir.Table:
+    """Add a boolean column ``name``: whether the row repeats an earlier one (see :func:`later_repeats`).
+
+    Parameters
+    ----------
+    table : ibis Table
+        Rows with ``_source`` and ``_source_row``.
+    columns : sequence of str
+        Columns whose equal values make rows repeats of each other.
+    name : str
+        Name of the new column.
+
+    Returns
+    -------
+    ibis Table
+        ``table`` with ``name`` (True for every repeat but the first, else False).
+    """
+    repeats = later_repeats(table, columns).mutate(**{name: ibis.literal(True)})
+    joined = table.left_join(repeats, ["_source", "_source_row"]).drop(
+        "_source_right", "_source_row_right"
+    )
+    return joined.mutate(**{name: joined[name].fill_null(False)})
+
+
 def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[str, int]:
     """Clean ``raw_<table>`` into ``<table>``, appending rejects to ``quarantine``.
 
@@ -714,12 +796,9 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     t = spec(table)
     raw = con.table(f"raw_{table}")
     cols = t.columns
-    # exact duplicates: identical source values in every canonical column
-    raw = raw.mutate(
-        _dup_rank=ibis.row_number().over(
-            group_by=[raw[c] for c in cols], order_by=[raw._source, raw._source_row]
-        )
-    )
+    # exact duplicates: identical source values in every canonical column; all but the
+    # first (by source and row) are counted and dropped
+    raw = flag_later_repeats(raw, cols, "_duplicate")
     # keep the source text of values that may be cleared, to count the fixes
     raw = raw.mutate(**{f"_raw_{c}": _text(raw[c]) for c in cols if (table, c) in CLEAR_INVALID})
     std = standardise(raw, table, settings)
@@ -729,7 +808,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     staged = std.select(
         std._source,
         std._source_row,
-        std._dup_rank,
+        std._duplicate,
         **{f"_t_{c}": rules.typed[c] for c in [*cols, *extra]},
         **{f"_fix_{i}": cond for i, cond in enumerate(rules.fixes.values())},
         _column=rules.column,
@@ -741,10 +820,11 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
         for key, rule in settings.outliers.items()
         if key.split(".", 1)[0] == table and rule.get("action", "flag") == "quarantine"
     ]
-    if quarantined_outliers:
-        # their thresholds are statistics of the valid rows: stage those once
+    if quarantined_outliers or t.key:
+        # outlier thresholds are statistics of the valid rows and key duplicates are
+        # found among them: stage the typed rows once
         staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
-    ok = (staged._reason.isnull()) & (staged._dup_rank == 0)
+    ok = staged._reason.isnull() & ~staged._duplicate
     for oc, rule in quarantined_outliers:
         judged = staged.filter(ok)
         judged = judged.mutate(**{oc: judged[f"_t_{oc}"]})
@@ -760,7 +840,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
         staged = staged.left_join(bounds, ["_source", "_source_row"]).drop(
             "_source_right", "_source_row_right"
         )
-        bad = staged._reason.isnull() & (staged._dup_rank == 0) & staged._is_out.notnull()
+        bad = staged._reason.isnull() & ~staged._duplicate & staged._is_out.notnull()
         staged = staged.mutate(
             _column=ibis.cases((bad, ibis.literal(oc)), else_=staged._column),
             _reason=ibis.cases(
@@ -769,30 +849,29 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
             ),
         ).drop("_is_out")
         staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
-        ok = (staged._reason.isnull()) & (staged._dup_rank == 0)
-    # key duplicates among otherwise valid, non-duplicate rows
+        ok = staged._reason.isnull() & ~staged._duplicate
+    # key duplicates among otherwise valid, non-duplicate rows: all but the first
     if t.key:
-        key_rank = ibis.row_number().over(
-            group_by=[ok, *[staged[f"_t_{k}"] for k in t.key]],
-            order_by=[staged._source, staged._source_row],
+        repeats = later_repeats(staged, [f"_t_{k}" for k in t.key], where=ok).mutate(
+            _key_repeat=ibis.literal(True)
         )
+        staged = staged.left_join(repeats, ["_source", "_source_row"]).drop(
+            "_source_right", "_source_row_right"
+        )
+        ok = staged._reason.isnull() & ~staged._duplicate
+        bad = ok & staged._key_repeat.notnull()
         staged = staged.mutate(
-            _column=ibis.cases(
-                (ok & (key_rank > 0), ibis.literal(",".join(t.key))), else_=staged._column
-            ),
+            _column=ibis.cases((bad, ibis.literal(",".join(t.key))), else_=staged._column),
             _reason=ibis.cases(
-                (
-                    ok & (key_rank > 0),
-                    ibis.literal(f"{','.join(t.key)}: duplicate key, first kept"),
-                ),
+                (bad, ibis.literal(f"{','.join(t.key)}: duplicate key, first kept")),
                 else_=staged._reason,
             ),
-        )
+        ).drop("_key_repeat")
     # references to missing or quarantined parents
     for col, (ptable, pcol) in t.foreign_keys.items():
         parent = con.table(ptable).select(**{"_pk": pcol}).distinct()
         staged = staged.left_join(parent, staged[f"_t_{col}"] == parent._pk)
-        ok = staged._reason.isnull() & (staged._dup_rank == 0)
+        ok = staged._reason.isnull() & ~staged._duplicate
         bad = ok & staged._pk.isnull()
         staged = staged.mutate(
             _column=ibis.cases((bad, ibis.literal(col)), else_=staged._column),
@@ -803,7 +882,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
         ).drop("_pk")
     staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
 
-    keep = staged._reason.isnull() & (staged._dup_rank == 0)
+    keep = staged._reason.isnull() & ~staged._duplicate
     kept = staged.filter(keep)
     clean = kept.select(
         **{c: kept[f"_t_{c}"] for c in [*cols, *extra]},
@@ -815,7 +894,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     con.create_table(table, clean, overwrite=True)
     if missing:
         con.insert("missing_values", _missing_counts(con, table, missing))
-    bad = staged.filter(staged._reason.notnull() & (staged._dup_rank == 0))
+    bad = staged.filter(staged._reason.notnull() & ~staged._duplicate)
     con.insert(
         "quarantine",
         bad.select(
@@ -829,8 +908,8 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     aggs = {
         "input": staged.count(),
         "kept": keep.sum(),
-        "duplicates": (staged._dup_rank > 0).sum(),
-        "quarantined": (staged._reason.notnull() & (staged._dup_rank == 0)).sum(),
+        "duplicates": staged._duplicate.sum(),
+        "quarantined": (staged._reason.notnull() & ~staged._duplicate).sum(),
     }
     aggs.update({f"_fix_{i}": (keep & staged[f"_fix_{i}"]).sum() for i in range(len(rules.fixes))})
     counts = staged.aggregate(**aggs).to_pandas().iloc[0]
