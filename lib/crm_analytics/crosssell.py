@@ -411,6 +411,18 @@ def evaluate_recommendations(
     }
 
 
+def _positions(values: pd.Series, universe: pd.Series | pd.Index) -> np.ndarray:
+    """Return the position of each value in ``universe`` (-1 when absent or missing).
+
+    Text is looked up in Arrow (no Python string per value); other types by pandas.
+    """
+    if pd.api.types.is_string_dtype(values) and pd.api.types.is_string_dtype(universe):
+        known = pa.array(np.asarray(universe, dtype=object), type=pa.large_string())
+        found = pc.index_in(pa.array(values, type=pa.large_string()), value_set=known)
+        return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return pd.Index(universe).get_indexer(values)
+
+
 def next_best_by_segment(
     segments: pd.DataFrame, pairs: pd.DataFrame, rules: pd.DataFrame, top: int = 3
 ) -> pd.DataFrame:
@@ -437,20 +449,49 @@ def next_best_by_segment(
         segment, item, customers_without_it, expected_buyers (owners of the
         antecedent without the item times the rule's confidence), lift.
     """
-    owned = pairs.merge(segments[["customer_id", "segment"]], on="customer_id")
+    customers = segments.drop_duplicates("customer_id")
+    items = pd.Index(pd.unique(pd.concat([pairs.item, rules.antecedent, rules.consequent])))
+    # one customer x item 0/1 matrix, rows in the order of ``customers``
+    row = _positions(pairs.customer_id, customers.customer_id)
+    col = _positions(pairs.item, items)
+    keep = (row >= 0) & (col >= 0)
+    owns = sparse.csr_matrix(
+        (np.ones(int(keep.sum())), (row[keep], col[keep])), shape=(len(customers), len(items))
+    )
+    owns.data[:] = 1.0  # a pair listed twice is owned once
+    antecedent = items.get_indexer(rules.antecedent)
+    consequent = items.get_indexer(rules.consequent)
+    confidence = rules.confidence.to_numpy(dtype=float)
+    lift = rules.lift.to_numpy()
+    seg_codes, seg_names = pd.factorize(customers.segment, sort=True)
     rows = []
-    for seg, part in owned.groupby("segment"):
-        have = part.groupby("item").customer_id.agg(set)
-        scores: dict[str, tuple[float, int, float]] = {}
-        for r in rules.itertuples():
-            if r.antecedent not in have:
-                continue
-            without = have[r.antecedent] - have.get(r.consequent, set())
-            expected = len(without) * r.confidence
-            if expected > scores.get(r.consequent, (0.0, 0, 0.0))[0]:
-                scores[r.consequent] = (expected, len(without), r.lift)
-        best = sorted(scores.items(), key=lambda kv: -kv[1][0])[:top]
-        rows += [(seg, item, n, round(e, 1), lift) for item, (e, n, lift) in best]
+    for code, seg in enumerate(seg_names):
+        part = owns[np.flatnonzero(seg_codes == code)].tocsc()
+        # owners of each rule's antecedent, and those of them who own its consequent too
+        owners = np.asarray(part.sum(axis=0)).ravel()
+        both = np.asarray(part[:, antecedent].multiply(part[:, consequent]).sum(axis=0)).ravel()
+        without = (owners[antecedent] - both).astype(int)
+        expected = without * confidence
+        # per consequent, the first rule with the largest positive expectation; items in
+        # the order they first got one, the strongest first
+        scores = pd.DataFrame(
+            {
+                "item": rules.consequent.to_numpy(),
+                "expected": expected,
+                "without": without,
+                "lift": lift,
+            }
+        )[(owners[antecedent] > 0) & (expected > 0)]
+        if scores.empty:
+            continue
+        first_seen = scores.groupby("item", sort=False).cumcount() == 0
+        order = pd.Series(np.arange(first_seen.sum()), index=scores.item[first_seen])
+        best = scores.loc[scores.groupby("item", sort=False).expected.idxmax()]
+        best = best.assign(_order=order.reindex(best.item).to_numpy())
+        best = best.sort_values(["expected", "_order"], ascending=[False, True]).head(top)
+        rows += [
+            (seg, r.item, int(r.without), round(r.expected, 1), r.lift) for r in best.itertuples()
+        ]
     return pd.DataFrame(
         rows, columns=["segment", "item", "customers_without_it", "expected_buyers", "lift"]
     )
