@@ -404,3 +404,27 @@ def test_text_trims_white_space_at_the_ends_and_full_width_spaces(duck):
     t = duck.create_table("texts", pd.DataFrame({"v": values}))
     got = t.select(v=clean._text(t.v)).to_pandas().v.tolist()
     assert got == ["a", "b", "c", "d e", "f\tg", "h", None, None, None, "i"]
+
+
+def test_key_repeats_and_missing_parents_judge_only_rows_still_valid(duck):
+    customers = [{"customer_id": "C1", "signup_date": "2024-01-05"}]
+    paid = {"order_ts": "2025-01-01 10:00:00", "currency": "CNY", "status": "paid"}
+    orders = [
+        {"order_id": "O7", "customer_id": "C1", "amount": "1", **paid},
+        {"order_id": "O7", "customer_id": "C9", "amount": "2", **paid},  # repeat and orphan
+        {"order_id": "O8", "customer_id": "C1", "amount": "abc", **paid},  # invalid first
+        {"order_id": "O8", "customer_id": "C1", "amount": "3", **paid},  # so this one is kept
+        {"order_id": "O9", "customer_id": "C9", "amount": "4", **paid},  # orphan only
+        {"order_id": " O7 ", "customer_id": "C1", "amount": "5", **paid},  # repeat once trimmed
+    ]
+    _all_raw(duck, customers=customers, orders=orders)
+    clean.clean_all(duck, SETTINGS)
+    kept = duck.table("orders").order_by("_source_row").to_pandas()
+    assert kept[["order_id", "amount"]].values.tolist() == [["O7", 1.0], ["O8", 3.0]]
+    q = duck.table("quarantine").filter(ibis._.table == "orders").order_by("_source_row")
+    assert q.select("_source_row", "reason").to_pandas().values.tolist() == [
+        [2, "order_id: duplicate key, first kept"],
+        [3, "amount: cannot parse as float64"],
+        [5, "customer_id: no valid customers row with this customer_id"],
+        [6, "order_id: duplicate key, first kept"],
+    ]

@@ -850,26 +850,40 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
         ).drop("_is_out")
         staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
         ok = staged._reason.isnull() & ~staged._duplicate
-    # key duplicates among otherwise valid, non-duplicate rows: all but the first
+    staged_already = quarantined_outliers or bool(t.key)
+    # key duplicates among otherwise valid, non-duplicate rows (all but the first), then
+    # references to missing or quarantined parents: each rule judges the rows still valid
+    late: list[str] = []  # small temporary tables of the rows these rules reject
+
+    def reject(rows: ir.Table) -> None:
+        name = f"_late_{table}_{len(late)}"
+        con.create_table(name, rows, temp=True, overwrite=True)
+        late.append(name)
+
     if t.key:
-        repeats = later_repeats(staged, [f"_t_{k}" for k in t.key], where=ok).mutate(
-            _key_repeat=ibis.literal(True)
+        reject(
+            later_repeats(staged, [f"_t_{k}" for k in t.key], where=ok).mutate(
+                _column=ibis.literal(",".join(t.key)),
+                _reason=ibis.literal(f"{','.join(t.key)}: duplicate key, first kept"),
+            )
         )
-        staged = staged.left_join(repeats, ["_source", "_source_row"]).drop(
-            "_source_right", "_source_row_right"
-        )
-        ok = staged._reason.isnull() & ~staged._duplicate
-        bad = ok & staged._key_repeat.notnull()
-        staged = staged.mutate(
-            _column=ibis.cases((bad, ibis.literal(",".join(t.key))), else_=staged._column),
-            _reason=ibis.cases(
-                (bad, ibis.literal(f"{','.join(t.key)}: duplicate key, first kept")),
-                else_=staged._reason,
-            ),
-        ).drop("_key_repeat")
-    # references to missing or quarantined parents
     for col, (ptable, pcol) in t.foreign_keys.items():
         parent = con.table(ptable).select(**{"_pk": pcol}).distinct()
+        if staged_already:
+            # the few rows found are written into the staged table below
+            valid = staged.filter(ok)
+            for earlier in late:
+                valid = valid.anti_join(con.table(earlier), ["_source", "_source_row"])
+            orphans = valid.anti_join(parent, valid[f"_t_{col}"] == parent._pk)
+            reject(
+                orphans.select(
+                    "_source",
+                    "_source_row",
+                    _column=ibis.literal(col),
+                    _reason=ibis.literal(f"{col}: no valid {ptable} row with this {pcol}"),
+                )
+            )
+            continue
         staged = staged.left_join(parent, staged[f"_t_{col}"] == parent._pk)
         ok = staged._reason.isnull() & ~staged._duplicate
         bad = ok & staged._pk.isnull()
@@ -880,7 +894,18 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
                 else_=staged._reason,
             ),
         ).drop("_pk")
-    staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
+    if staged_already:
+        # update the rows these rules reject in place instead of copying every row again
+        for found in late:
+            con.raw_sql(
+                f'UPDATE "temp"."main"."_staged_{table}" AS s SET _column = f._column, '
+                f'_reason = f._reason FROM "temp"."main"."{found}" AS f '
+                "WHERE s._source = f._source AND s._source_row = f._source_row"
+            )
+            con.drop_table(found)
+        staged = con.table(f"_staged_{table}")
+    else:
+        staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
 
     keep = staged._reason.isnull() & ~staged._duplicate
     kept = staged.filter(keep)
