@@ -174,18 +174,20 @@ def test_data_larger_than_the_memory_limit_fails_with_a_clear_message(tiny_datas
 
 
 def test_store_connection_caps_memory_and_returns_freed_memory(tmp_path):
-    """The memory limit is set, and DuckDB's allocator gives freed pages back between queries."""
+    """The memory limit is set, DuckDB's allocator gives freed pages back between queries,
+    and no progress bar is drawn into the executed notebooks."""
     from crm_analytics import store
 
     con = store.connect(str(tmp_path / "s.duckdb"), memory_limit="300MB")
     settings = dict(
         con.raw_sql(
             "select name, value from duckdb_settings() "
-            "where name in ('memory_limit', 'allocator_background_threads')"
+            "where name in ('memory_limit', 'allocator_background_threads', 'enable_progress_bar')"
         ).fetchall()
     )
     con.disconnect()
     assert settings["allocator_background_threads"] == "true"
+    assert settings["enable_progress_bar"] == "false"
     assert settings["memory_limit"].startswith("286")  # 300 MB in MiB
 
 

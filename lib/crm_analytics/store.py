@@ -207,6 +207,9 @@ def connect(
     # thread of DuckDB's allocator); otherwise the pages a big query used stay with
     # the process and stack up under the frames Python builds afterwards
     con.raw_sql("SET allocator_background_threads = true")
+    # in a notebook DuckDB draws a progress widget for every query over two seconds;
+    # executed notebooks are the stakeholders' reports, so no bars end up in them
+    con.raw_sql("SET enable_progress_bar = false")
     return con
 
 
