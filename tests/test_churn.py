@@ -404,11 +404,35 @@ def test_frames_read_through_arrow_equal_ibis_own_conversion(clean_store):
     names = ("orders", "customers", "order_items", "events", "tickets", "surveys")
     tables = {t: clean_store.table(t) for t in names}
     categories = features.top_categories(tables["orders"], tables["order_items"], "2026-03-01", 4)
+    frames = churn.FrameSource(tables, 60, categories)
     for labelled in (True, False):
         expr = features.churn_frame(tables, "2026-03-01", 60, categories, labelled)
         pd.testing.assert_frame_equal(churn.arrow_frame(expr), expr.to_pandas())
-        frames = churn.FrameSource(tables, 60, categories)
         pd.testing.assert_frame_equal(frames("2026-03-01", labelled), expr.to_pandas())
+
+
+def test_frames_at_later_cutoffs_come_from_the_sql_template_and_equal_a_fresh_build(clean_store):
+    from crm_analytics import features
+
+    names = ("orders", "customers", "order_items", "events", "tickets", "surveys")
+    tables = {t: clean_store.table(t) for t in names}
+    categories = features.top_categories(tables["orders"], tables["order_items"], "2026-03-01", 4)
+    frames = churn.FrameSource(tables, 60, categories)
+    frames("2026-03-01")
+    template = frames.templates[True]
+    assert template is not None and "MAKE_TIMESTAMP(1901, 2, 3, 0, 0, 0.0)" in template
+    assert "2026" not in churn._with_cutoff(template, dt.date(2025, 11, 20)).replace(
+        "2025, 11, 20", ""
+    )  # every cutoff literal is replaced; the data's own dates never appear in the SQL
+    for cutoff in ("2025-12-15", "2026-01-31"):
+        fresh = features.churn_frame(tables, cutoff, 60, categories, True).to_pandas()
+        assert len(fresh) > 0
+        pd.testing.assert_frame_equal(frames(cutoff), fresh)
+    assert False not in frames.templates
+    unlabelled = frames("2026-01-31", labelled=False)  # the unlabelled frame has its own template
+    assert frames.templates[False] is not None and unlabelled.churned.isna().all()
+    on_memtables = churn.FrameSource({"orders": tables["orders"].to_pyarrow()}, 60)
+    assert on_memtables.templates == {}
 
 
 def test_top_reasons_name_features_jointly_when_no_single_one_moves_a_near_certain_risk():

@@ -65,6 +65,38 @@ def test_bgnbd_recovers_known_parameters():
     assert got["alpha"] == pytest.approx(true["alpha"], rel=0.25), got
 
 
+def test_bgnbd_fit_on_distinct_summaries_matches_the_fit_on_every_customer():
+    from lifetimes import BetaGeoFitter
+    from lifetimes.datasets import load_cdnow_summary
+
+    d = load_cdnow_summary(index_col=[0]).assign(monetary_value=0.0)
+    rows = clv.distinct_summaries(d)
+    assert rows.customers.sum() == len(d)
+    assert len(rows) < len(d) / 2  # many CDNOW customers share a summary (e.g. one purchase)
+    assert not rows.duplicated(["frequency", "recency", "T"]).any()
+    for penalizer in (0.0, 0.001):
+        got = clv.CLVModel("bgnbd", penalizer=penalizer).fit(d)
+        every = BetaGeoFitter(penalizer_coef=penalizer).fit(d.frequency, d.recency, d["T"])
+        for k, v in every.params_.items():
+            assert got.params_["bgnbd"][k] == pytest.approx(float(v), rel=1e-4), (penalizer, k)
+        assert got.neg_log_likelihood_ == pytest.approx(every._negative_log_likelihood_, rel=1e-9)
+
+
+def test_purchase_only_model_has_no_spend_model_and_no_clv():
+    from lifetimes.datasets import load_cdnow_summary
+
+    d = load_cdnow_summary(index_col=[0])
+    spend = np.random.default_rng(3).gamma(6.0, 4.0, len(d))
+    d["monetary_value"] = np.where(d.frequency > 0, spend, 0.0)
+    full = clv.CLVModel("bgnbd").fit(d)
+    purchases_only = clv.CLVModel("bgnbd", spend=False).fit(d)
+    assert full.spend_model_ is not None and purchases_only.spend_model_ is None
+    assert purchases_only.params_["gamma_gamma"] is None
+    assert np.isnan(purchases_only.clv(d)).all() and np.isfinite(full.clv(d)).all()
+    np.testing.assert_allclose(purchases_only.probability_no_purchase(d, 13),
+                               full.probability_no_purchase(d, 13))  # fmt: skip
+
+
 def test_cdnow_reproduces_the_published_fit():
     """BG/NBD on the CDNOW sample (weeks): Fader, Hardie and Lee (2005) report r=0.243, alpha=4.414, a=0.793, b=2.426."""
     from lifetimes.datasets import load_cdnow_summary

