@@ -455,3 +455,16 @@ def test_top_reasons_name_features_jointly_when_no_single_one_moves_a_near_certa
     assert reasons.iloc[0] in ("together: a 3; b 3", "together: b 3; a 3")
     assert reasons.iloc[1].startswith("a 1 (+")  # one feature moves a moderate risk
     assert reasons.iloc[2] == ""  # a low risk has no reasons
+
+
+def test_binary_log_loss_is_sklearns_log_loss():
+    from sklearn.metrics import log_loss
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 1000)
+    p = np.concatenate([rng.uniform(size=996), [0.0, 1.0, 0.0, 1.0]])  # certain and wrong too
+    y[-4:] = [1, 0, 0, 1]
+    assert churn.binary_log_loss(y, p) == pytest.approx(log_loss(y, p, labels=[0, 1]), rel=1e-12)
+    assert churn.binary_log_loss(np.array([1, 0]), np.array([0.9, 0.2])) == pytest.approx(
+        -(np.log(0.9) + np.log(0.8)) / 2
+    )

@@ -804,6 +804,31 @@ def split_customers(
     return train, valid, test
 
 
+def binary_log_loss(y_true: np.ndarray, p: np.ndarray) -> float:
+    """Return the mean log loss of 0/1 labels under churn probabilities.
+
+    The value of :func:`sklearn.metrics.log_loss` (probabilities clipped to
+    [eps, 1 - eps]) without its input checks, which cost about 10 ms a call:
+    :func:`tune_gbm` scores every boosting stage of every candidate (1,200 calls).
+
+    Parameters
+    ----------
+    y_true : numpy.ndarray
+        Labels, 0 or 1.
+    p : numpy.ndarray
+        Probabilities of 1.
+
+    Returns
+    -------
+    float
+        Mean negative log-likelihood.
+    """
+    p = np.asarray(p, dtype=float)
+    eps = np.finfo(float).eps
+    chance = np.where(np.asarray(y_true) == 1, p, 1.0 - p)
+    return float(-np.log(np.clip(chance, eps, 1.0 - eps)).mean())
+
+
 def tune_gbm(
     train: pd.DataFrame,
     valid: pd.DataFrame,
@@ -837,18 +862,17 @@ def tune_gbm(
         (best parameters for :class:`ChurnModel`, table of every candidate with its
         validation log loss and ROC AUC).
     """
-    from sklearn.metrics import log_loss
-
     features = feature_columns(train)
     xt, yt = train[features].astype(float), train[label_col].astype(int)
     xv, yv = valid[features].astype(float), valid[label_col].astype(int)
+    yv_array = yv.to_numpy()
     rows = []
     for lr in learning_rates:
         for leaves in max_leaf_nodes:
             m = ChurnModel("gbm", seed, max_iter, lr, leaves)._estimator().fit(xt, yt)
             losses, best, p = [], 0, np.empty(0)
             for i, staged in enumerate(m.staged_predict_proba(xv)):
-                losses.append(log_loss(yv, staged[:, 1], labels=[0, 1]))
+                losses.append(binary_log_loss(yv_array, staged[:, 1]))
                 if i == 0 or losses[-1] < losses[best]:
                     best, p = i, staged[:, 1]
             rows.append({"model": "gbm", "learning_rate": lr, "max_leaf_nodes": leaves,
