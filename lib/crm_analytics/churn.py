@@ -1524,29 +1524,36 @@ class FrameSource:
 
     def _read(self, cutoff: dt.date, labelled: bool) -> pd.DataFrame:
         """Run the frame at ``cutoff`` in the store, from the SQL template when there is one."""
+        from ibis.backends.duckdb.converter import DuckDBPyArrowData
+
         from crm_analytics.store import backend_of
 
-        template = self.templates.get(labelled)
-        if template is not None:
-            from ibis.backends.duckdb.converter import DuckDBPyArrowData
-
-            con = backend_of(next(iter(self.tables.values())))
-            arrow = con.raw_sql(_with_cutoff(template, cutoff)).to_arrow_table()
-            schema = self._schema[labelled]
-            # the types ibis gives the result (DuckDB's sums are 128-bit: ibis casts them back)
-            arrow = DuckDBPyArrowData.convert_table(arrow, schema)
-            return _arrow_to_frame(arrow, schema)
-        expr = self._expr(cutoff, labelled)
         if labelled not in self.templates:
-            self.templates[labelled] = None
-            con = backend_of(expr)
-            if con is not None and con.name == "duckdb":
-                sql = con.compile(expr)
-                placeholder = con.compile(self._expr(CUTOFF_PLACEHOLDER, labelled))
-                if cutoff != CUTOFF_PLACEHOLDER and _with_cutoff(placeholder, cutoff) == sql:
-                    self.templates[labelled] = placeholder
-                    self._schema[labelled] = expr.schema()
-        return arrow_frame(expr)
+            self._try_template(cutoff, labelled)  # compiles this cutoff's SQL on the way
+        template = self.templates[labelled]
+        if template is None:
+            return arrow_frame(self._expr(cutoff, labelled))
+        con = backend_of(next(iter(self.tables.values())))
+        arrow = con.raw_sql(_with_cutoff(template, cutoff)).to_arrow_table()
+        schema = self._schema[labelled]
+        # the types ibis gives the result (DuckDB's sums are 128-bit: ibis casts them back)
+        return _arrow_to_frame(DuckDBPyArrowData.convert_table(arrow, schema), schema)
+
+    def _try_template(self, cutoff: dt.date, labelled: bool) -> None:
+        """Keep the frame's SQL at the placeholder when it gives ``cutoff``'s SQL exactly."""
+        from crm_analytics.store import backend_of
+
+        self.templates[labelled] = None
+        con = backend_of(next(iter(self.tables.values())))
+        if con is None or con.name != "duckdb" or cutoff == CUTOFF_PLACEHOLDER:
+            return
+        expr = self._expr(cutoff, labelled)
+        if backend_of(expr) is not con:  # tables on several connections: no single SQL
+            return
+        placeholder = con.compile(self._expr(CUTOFF_PLACEHOLDER, labelled))
+        if _with_cutoff(placeholder, cutoff) == con.compile(expr):
+            self.templates[labelled] = placeholder
+            self._schema[labelled] = expr.schema()
 
     def clear(self) -> None:
         """Forget the cached frames (frames already handed out stay valid)."""
