@@ -138,6 +138,41 @@ def test_evaluate_recommendations_in_the_store_matches_frames(duck):
         )
 
 
+def test_compare_recommendations_scores_each_method_on_its_own_customers(duck):
+    before = pd.DataFrame({"customer_id": ["x", "y"], "item": ["a", "a"]})
+    later = pd.DataFrame(
+        {"customer_id": ["x", "x", "y", "y", "w"], "item": ["b", "c", "a", "d", "e"]}
+    )
+    duck.create_table("later", later)
+    duck.create_table("before", before)
+    good = pd.DataFrame({"customer_id": ["x", "y", "w"], "item": ["c", "d", "q"]})
+    poor = pd.DataFrame({"customer_id": ["x", "x"], "item": ["z", "b"]})
+    nobody = pd.DataFrame({"customer_id": ["v"], "item": ["b"]})  # v bought nothing new
+    got = crosssell.compare_recommendations(
+        {"good": duck.create_table("good", good), "poor": poor, "nobody": nobody},
+        duck.table("later"),
+        duck.table("before"),
+    )
+    # new: x {b, c}, y {d}, w {e}. good judges x, y, w: hits x-c, y-d -> 2 of 3 customers,
+    # 2 of 4 new items. poor judges x only: hit x-b -> 1 of 1 customer, 1 of 2 items.
+    expected = pd.DataFrame(
+        {
+            "method": ["good", "poor", "nobody"],
+            "hit_rate": [2 / 3, 1.0, np.nan],
+            "recall": [0.5, 0.5, np.nan],
+            "customers": np.array([3, 1, 0], dtype="int64"),
+        }
+    )
+    pd.testing.assert_frame_equal(got, expected)
+    # each row is what the method scored alone gets
+    alone = crosssell.evaluate_recommendations(poor, later, before)
+    assert alone == {"hit_rate": 1.0, "recall": 0.5, "customers": 1}
+    with pytest.raises(ValueError, match="methods is empty"):
+        crosssell.compare_recommendations({}, later, before)
+    with pytest.raises(ValueError, match="item"):
+        crosssell.compare_recommendations({"bad": poor.drop(columns="item")}, later, before)
+
+
 def test_recommendations_kept_on_another_connection_are_scored_where_the_purchases_are(
     duck, tmp_path
 ):

@@ -247,8 +247,9 @@ def test_sales_series_by_splits_add_up_to_the_total():
         }
     )
     items = pd.DataFrame(
-        {"order_id": ["o1", "o1", "o2"], "sku": ["x", "y", "z"], "category": ["home", "toys", "home"],
-         "quantity": [1, 2, 1], "unit_price": [20.0, 20.0, 99.0]}
+        {"order_id": ["o1", "o1", "o2", "o1"], "sku": ["x", "y", "z", "w"],
+         "category": ["home", "toys", "home", "home"],
+         "quantity": [1, 2, 1, 1], "unit_price": [20.0, 20.0, 99.0, 20.0]}
     )  # fmt: skip
     segments = pd.DataFrame({"customer_id": ["a"], "segment": ["Champions"]})
     tables = {"orders": ibis.memtable(orders), "order_items": ibis.memtable(items),
@@ -262,9 +263,10 @@ def test_sales_series_by_splits_add_up_to_the_total():
         ("2025-01-06", "total"): (140.0, 2),
         ("2025-01-13", "total"): (30.0, 1),
     }
-    # o1's 90.0 is shared 20:40 between home and toys; o3 has no lines: "unknown"
+    # o1's 90.0 is shared 40:40 between home (two lines, one order) and toys; o3 has no
+    # lines: "unknown"
     assert series("category") == {
-        ("2025-01-06", "home"): (30.0 + 50.0, 2), ("2025-01-06", "toys"): (60.0, 1),
+        ("2025-01-06", "home"): (45.0 + 50.0, 2), ("2025-01-06", "toys"): (45.0, 1),
         ("2025-01-13", "unknown"): (30.0, 1),
     }  # fmt: skip
     assert series("region") == {("2025-01-06", "East"): (90.0, 1), ("2025-01-06", "unknown"): (50.0, 1),

@@ -4,13 +4,15 @@ Rules (support, confidence, lift) are counted in the store from order lines.
 Recommendations use item-to-item co-occurrence (the "customers who bought X also
 bought Y" method): a customer's candidate products are scored by how often they
 were bought by the same customers as the products the customer already has.
-:func:`evaluate_recommendations` measures them on purchases after the cutoff
-against a popularity baseline.
+:func:`evaluate_recommendations` measures them on purchases after the cutoff,
+and :func:`compare_recommendations` several of them (e.g. against a popularity
+baseline) in one query.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 import ibis
 import ibis.expr.types as ir
@@ -358,7 +360,8 @@ def evaluate_recommendations(
     The comparison is one query (anti-join of the repeat purchases, join of the
     recommendations), run where the later purchases live; frames, and tables on
     another connection, are uploaded to it. Rows with a missing customer id or
-    item are ignored.
+    item are ignored. To score several recommenders on the same purchases, use
+    :func:`compare_recommendations` (the new purchases are then found once).
 
     Parameters
     ----------
@@ -380,30 +383,91 @@ def evaluate_recommendations(
     ValueError
         If customer_id or item is missing from an input.
     """
+    row = compare_recommendations({"recs": recs}, later, before).iloc[0]
+    return {
+        "hit_rate": float(row.hit_rate),
+        "recall": float(row.recall),
+        "customers": int(row.customers),
+    }
+
+
+def compare_recommendations(
+    methods: Mapping[str, pd.DataFrame | ir.Table],
+    later: pd.DataFrame | ir.Table,
+    before: pd.DataFrame | ir.Table,
+) -> pd.DataFrame:
+    """Score several recommenders on the same new purchases, in one query.
+
+    The new purchases (later pairs that are not repeats of earlier ones) are
+    found once for all methods; each method is judged on the customers it
+    recommends to (see :func:`evaluate_recommendations`).
+
+    Parameters
+    ----------
+    methods : mapping of str to pandas.DataFrame or ibis Table
+        Method name -> its recommendations (customer_id, item).
+    later : pandas.DataFrame or ibis Table
+        customer_id, item bought after the cutoff, e.g. :func:`purchased_items`.
+    before : pandas.DataFrame or ibis Table
+        customer_id, item bought before the cutoff (repeat purchases are not new).
+
+    Returns
+    -------
+    pandas.DataFrame
+        method (in the order given), hit_rate, recall, customers; hit rate and
+        recall are missing for a method with no customer to judge.
+
+    Raises
+    ------
+    ValueError
+        If ``methods`` is empty, or customer_id or item is missing from an input.
+    """
+    if not methods:
+        raise ValueError("methods is empty: give at least one set of recommendations")
     home = backend_of(later) if isinstance(later, ir.Table) else None
-    recommended = _pairs_table(recs, "recs", home)
     keys = ["customer_id", "item"]
+    recommended = ibis.union(
+        *[
+            _pairs_table(recs, f"recommendations of {name!r}", home).mutate(
+                _method=ibis.literal(name)
+            )
+            for name, recs in methods.items()
+        ]
+    )
     new = _pairs_table(later, "later", home).anti_join(_pairs_table(before, "before", home), keys)
-    new = new.semi_join(recommended.select("customer_id").distinct(), "customer_id")
-    scored = new.left_join(recommended.mutate(_hit=ibis.literal(1)), keys)
+    # each new pair once per method that recommends anything to its customer
+    judged = new.join(recommended.select("_method", "customer_id").distinct(), "customer_id")
+    scored = judged.left_join(recommended.mutate(_hit=ibis.literal(1)), ["_method", *keys]).drop(
+        "_method_right", "customer_id_right", "item_right"
+    )
     hit = scored._hit.notnull()
     counts = (
-        scored.aggregate(
+        scored.group_by("_method")
+        .aggregate(
             customers=scored.customer_id.nunique(),
             new_items=scored.count(),
             hits=hit.sum(),
             hit_customers=scored.customer_id.nunique(where=hit),
         )
         .to_pyarrow()
-        .to_pylist()[0]
+        .to_pandas()
+        .set_index("_method")
+        .reindex(list(methods))
     )
-    if not counts["new_items"]:
-        return {"hit_rate": float("nan"), "recall": float("nan"), "customers": 0}
-    return {
-        "hit_rate": counts["hit_customers"] / counts["customers"],
-        "recall": counts["hits"] / counts["new_items"],
-        "customers": int(counts["customers"]),
-    }
+    customers = counts.customers.fillna(0).astype("int64")
+    judged_any = customers > 0
+    return pd.DataFrame(
+        {
+            "method": list(methods),
+            "hit_rate": np.where(
+                judged_any, counts.hit_customers / customers.where(judged_any), np.nan
+            ),
+            "recall": np.where(
+                judged_any, counts.hits / counts.new_items.where(judged_any), np.nan
+            ),
+            "customers": customers.to_numpy(),
+        }
+    )
 
 
 def _positions(values: pd.Series, universe: pd.Series | pd.Index) -> np.ndarray:
@@ -495,6 +559,7 @@ def next_best_by_segment(
 __all__ = [
     "CooccurrenceRecommender",
     "association_rules",
+    "compare_recommendations",
     "evaluate_recommendations",
     "next_best_by_segment",
     "purchased_items",

@@ -1107,8 +1107,11 @@ def sales_series_by(
             j = paid.left_join(seg, "customer_id")
             j = j.mutate(group=j._segment.fill_null("unknown"))
         j = j.mutate(_amount=j.amount.cast("float64"))
+    # every row is one order (in one group): order_id is the orders' key, and the order
+    # lines are summed per order and group above, so counting rows counts orders (a
+    # distinct count cost 3 of 15 s for the category split of 10M orders)
     out = j.group_by(["period", "group"]).aggregate(
-        revenue=money_sum(j._amount, scale=6), n_orders=j.order_id.nunique().cast("int64")
+        revenue=money_sum(j._amount, scale=6), n_orders=j.count().cast("int64")
     )
     return out.order_by(["group", "period"])
 

@@ -696,7 +696,7 @@ def campaign_lists(
         customers = (
             customers.semi_join(listed, "customer_id").select(*columns, consent_col).to_pandas()
         )
-    consenting = customers[customers[consent_col].fillna(False).astype(bool)]
+    consenting = customers[customers[consent_col].astype("boolean").fillna(False).to_numpy(bool)]
     out = consenting.merge(segments, on="customer_id")
     fields = [c for c in CAMPAIGN_FIELDS if c in out.columns]
     return neutralise_formulas(
