@@ -371,6 +371,69 @@ def test_top_reasons_match_recomputing_every_feature_for_every_customer():
     assert churn._split_thresholds(churn.ChurnModel("logistic").fit(train)) is None
 
 
+@pytest.mark.parametrize("method", ["none", "sigmoid", "isotonic"])
+def test_tree_scorer_reproduces_the_calibrated_boosting_model(method, monkeypatch):
+    """Re-predicting only the trees that split on a feature gives the model's probabilities."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    rng = np.random.default_rng(4)
+    n = 3000
+    frame = pd.DataFrame(
+        {
+            "recency_days": rng.integers(0, 300, n).astype(float),
+            "n_orders": rng.poisson(3, n).astype(float),
+            "share_app": np.where(rng.uniform(size=n) < 0.1, np.nan, rng.uniform(size=n)),
+            "noise": rng.normal(size=n),
+            "complaint": (rng.uniform(size=n) < 0.03).astype(float),
+        }
+    )
+    risk = frame.recency_days / 300 - 0.05 * frame.n_orders + 0.2 * frame.share_app.fillna(0)
+    frame["churned"] = (rng.uniform(size=n) < risk.clip(0, 1)).astype(int)
+    frame["customer_id"] = range(n)
+    train, valid = churn.holdout_split(frame, 0.3, seed=3)
+    model = churn.CalibratedChurnModel(churn.ChurnModel("gbm", max_iter=60), seed=3).fit(
+        train, valid
+    )
+    feats = model.base.features_
+    x_valid = valid[feats].astype(float)
+    model.calibrator_ = (
+        None
+        if method == "none"
+        else CalibratedClassifierCV(FrozenEstimator(model.base.estimator_), method=method).fit(
+            x_valid, valid.churned
+        )
+    )
+    scorer = churn._TreeScorer.build(model)
+    assert scorer is not None
+    x = x_valid.to_numpy()
+    leaves = scorer.leaves(x)
+    raw = scorer.raw(leaves)
+    np.testing.assert_allclose(scorer.proba(raw), model.predict_proba(valid), rtol=0, atol=1e-12)
+    ref = train[feats].median()
+    # a feature few trees split on: its rises come from those trees alone
+    assert min(len(t) for t in scorer.trees_of) < len(scorer.predictors)
+    for j, f in enumerate(feats):
+        trees = scorer.trees_of[j]
+        changed = x.copy()
+        changed[:, j] = ref[f]
+        moved = raw - leaves[:, trees].sum(axis=1) + scorer.leaves(changed, trees).sum(axis=1)
+        expected = model.predict_proba(pd.DataFrame(changed, columns=feats))
+        np.testing.assert_allclose(scorer.proba(moved), expected, rtol=0, atol=1e-12)
+    # the reasons are those of re-predicting the whole model
+    reasons = churn.top_reasons(model, valid, ref, k=2, batch=400)
+    assert (reasons != "").mean() > 0.3
+    monkeypatch.setattr(churn._TreeScorer, "build", classmethod(lambda cls, m: None))
+    pd.testing.assert_series_equal(churn.top_reasons(model, valid, ref, k=2, batch=400), reasons)
+
+
+def test_tree_scorer_is_only_for_boosting():
+    frame = pd.DataFrame({"a": np.arange(200.0), "churned": np.arange(200) % 2})
+    train, valid = churn.holdout_split(frame.assign(customer_id=range(200)), 0.3, seed=1)
+    logistic = churn.CalibratedChurnModel(churn.ChurnModel("logistic"), seed=1).fit(train, valid)
+    assert churn._TreeScorer.build(logistic) is None
+
+
 def test_frame_source_builds_each_cutoff_once_until_cleared():
     import ibis
 

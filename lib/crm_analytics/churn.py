@@ -1303,6 +1303,99 @@ def _split_thresholds(model: ChurnModel) -> dict[int, np.ndarray] | None:
     return {int(j): np.unique(threshold[feature == j]) for j in np.unique(feature)}
 
 
+class _TreeScorer:
+    """Churn probabilities of a calibrated boosting model, rebuilt from its trees' leaf values.
+
+    Setting one feature to its reference only changes the trees that split on it, so
+    the rise it causes is found by re-predicting those trees alone: the customer's
+    raw score minus the old leaf values of those trees plus the new ones, through the
+    model's calibration. This reads scikit-learn's private tree structures
+    (HistGradientBoostingClassifier keeps its trees in ``_predictors``), so
+    :meth:`build` returns None when they are not as expected, and callers fall back
+    to re-predicting the whole model.
+    """
+
+    def __init__(
+        self,
+        predictors: list[Any],
+        baseline: float,
+        calibrate: Callable[[np.ndarray], np.ndarray],
+        known_bitsets: np.ndarray,
+        feature_map: np.ndarray,
+        n_features: int,
+    ) -> None:
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+        self.predictors = predictors
+        self.baseline = baseline
+        self.calibrate = calibrate
+        self.known_bitsets = known_bitsets
+        self.feature_map = feature_map
+        self.n_threads = _openmp_effective_n_threads()
+        used = [set() for _ in range(n_features)]
+        for t, tree in enumerate(predictors):
+            split = tree.nodes["is_leaf"] == 0
+            for j in np.unique(tree.nodes["feature_idx"][split]):
+                used[int(j)].add(t)
+        #: per feature position, the trees that split on it
+        self.trees_of = [np.array(sorted(u), dtype=np.intp) for u in used]
+
+    @classmethod
+    def build(cls, model: CalibratedChurnModel) -> _TreeScorer | None:
+        """Return the scorer of a calibrated binary boosting model, or None for other models."""
+        from scipy.special import expit
+
+        est = getattr(model.base, "estimator_", None)
+        if not isinstance(est, HistGradientBoostingClassifier):
+            return None
+        try:
+            if est.n_trees_per_iteration_ != 1 or any(len(it) != 1 for it in est._predictors):
+                return None
+            predictors = [it[0] for it in est._predictors]
+            nodes = np.concatenate([tree.nodes for tree in predictors])
+            split = nodes["is_leaf"] == 0
+            if (
+                "is_categorical" in (nodes.dtype.names or ())
+                and nodes["is_categorical"][split].any()
+            ):
+                return None
+            known_bitsets, feature_map = est._bin_mapper.make_known_categories_bitsets()
+            baseline = float(np.asarray(est._baseline_prediction).ravel()[0])
+            calibrator = getattr(model, "calibrator_", None)
+            if calibrator is None:
+                calibrate: Callable[[np.ndarray], np.ndarray] = expit
+            else:
+                fitted = calibrator.calibrated_classifiers_
+                if len(fitted) != 1 or len(fitted[0].calibrators) != 1:
+                    return None
+                calibrate = fitted[0].calibrators[0].predict
+            return cls(predictors, baseline, calibrate, known_bitsets, feature_map,
+                       len(model.base.features_))  # fmt: skip
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            return None
+
+    def leaves(self, x: np.ndarray, trees: np.ndarray | None = None) -> np.ndarray:
+        """Return the leaf value of each row of ``x`` in each of ``trees`` (all by default)."""
+        trees = np.arange(len(self.predictors)) if trees is None else trees
+        out = np.empty((len(x), len(trees)))
+        for c, t in enumerate(trees):
+            out[:, c] = self.predictors[t].predict(
+                x, self.known_bitsets, self.feature_map, self.n_threads
+            )
+        return out
+
+    def raw(self, leaves: np.ndarray) -> np.ndarray:
+        """Return the raw scores, summed tree by tree in the model's own order."""
+        raw = np.full(len(leaves), self.baseline)
+        for c in range(leaves.shape[1]):
+            raw += leaves[:, c]
+        return raw
+
+    def proba(self, raw: np.ndarray) -> np.ndarray:
+        """Return calibrated probabilities of raw scores."""
+        return np.asarray(self.calibrate(raw), dtype=float)
+
+
 def top_reasons(
     model: CalibratedChurnModel,
     frame: pd.DataFrame,
@@ -1340,16 +1433,44 @@ def top_reasons(
         (near 1, only several features together explain it), the features that
         raise it at all, e.g. "together: days since last order 400; NPS answer -80";
         otherwise empty.
+
+    Notes
+    -----
+    For a boosting model only the rows whose value is on another side of some split
+    than the reference are re-predicted, and only through the trees that split on
+    the feature (see ``_TreeScorer``); the rises equal a full re-prediction up to
+    rounding (1e-12).
     """
+    scorer = _TreeScorer.build(model)
     if len(frame) > batch:
-        parts = [top_reasons(model, frame.iloc[i : i + batch], reference, k, min_points, batch)
+        parts = [_top_reasons(model, scorer, frame.iloc[i : i + batch], reference, k, min_points)
                  for i in range(0, len(frame), batch)]  # fmt: skip
         return pd.concat(parts).rename("top_reasons")
+    return _top_reasons(model, scorer, frame, reference, k, min_points)
+
+
+def _top_reasons(
+    model: CalibratedChurnModel,
+    scorer: _TreeScorer | None,
+    frame: pd.DataFrame,
+    reference: pd.Series,
+    k: int,
+    min_points: float,
+) -> pd.Series:
+    """:func:`top_reasons` of one batch."""
     features = model.base.features_
-    p = model.predict_proba(frame)
-    x = frame[features].astype(float).reset_index(drop=True)
-    values = x.to_numpy(dtype=float, copy=True)
-    rises = np.zeros((len(x), len(features)))
+    values = frame[features].to_numpy(dtype=float, copy=True)
+    leaves = None
+    if scorer is not None:
+        leaves = scorer.leaves(values)
+        raw = scorer.raw(leaves)
+        p = scorer.proba(raw)
+        check = slice(0, 1000)  # the scorer must reproduce the model, or it is not used
+        if not np.allclose(p[check], model.predict_proba(frame.iloc[check]), rtol=0, atol=1e-9):
+            scorer = leaves = None
+    if scorer is None:
+        p = model.predict_proba(frame)
+    rises = np.zeros((len(values), len(features)))
     thresholds = _split_thresholds(model.base)
     for j, f in enumerate(features):
         ref = reference.get(f, np.nan)
@@ -1366,25 +1487,54 @@ def top_reasons(
         rows = np.flatnonzero(changes)
         if len(rows) == 0:
             continue
-        changed = pd.DataFrame(values[rows], columns=features)
-        changed[f] = float(ref)
-        rises[rows, j] = (p[rows] - model.predict_proba(changed)) * 100
+        changed = values[rows]
+        changed[:, j] = float(ref)
+        if scorer is not None and leaves is not None:
+            trees = scorer.trees_of[j]
+            # the same reduction over arrays of one shape: unchanged leaves cancel exactly
+            before = leaves[np.ix_(rows, trees)].sum(axis=1)
+            after = scorer.leaves(changed, trees).sum(axis=1)
+            q = scorer.proba(raw[rows] + (after - before))
+        else:
+            q = model.predict_proba(pd.DataFrame(changed, columns=features))
+        rises[rows, j] = (p[rows] - q) * 100
+    return pd.Series(
+        _reason_texts(rises, values, p, [feature_label(f) for f in features], k, min_points),
+        index=frame.index,
+        name="top_reasons",
+    )
+
+
+def _reason_texts(
+    rises: np.ndarray,
+    values: np.ndarray,
+    p: np.ndarray,
+    labels: list[str],
+    k: int,
+    min_points: float,
+) -> list[str]:
+    """Word each row's ``k`` largest rises (see :func:`top_reasons`)."""
     order = np.argsort(-rises, axis=1)[:, :k]
+    # plain Python numbers: indexing NumPy arrays element by element is far slower
+    top_rises = np.take_along_axis(rises, order, axis=1).tolist()
+    top_values = np.take_along_axis(values, order, axis=1).tolist()
     out = []
-    for i in range(len(x)):
+    for cols, rs, vs, pi in zip(order.tolist(), top_rises, top_values, p.tolist(), strict=True):
+        if not rs or rs[0] <= 0:
+            out.append("")
+            continue
         parts, joint = [], []
-        for j in order[i]:
-            if rises[i, j] <= 0:
+        for j, r, v in zip(cols, rs, vs, strict=True):
+            if r <= 0:
                 break
-            v = values[i, j]
-            shown = "missing" if pd.isna(v) else (f"{v:,.0f}" if abs(v) >= 10 else f"{v:,.2g}")
-            joint.append(f"{feature_label(features[j])} {shown}")
-            if rises[i, j] >= min_points:
-                parts.append(f"{joint[-1]} (+{rises[i, j]:.0f} pts)")
+            shown = "missing" if v != v else (f"{v:,.0f}" if abs(v) >= 10 else f"{v:,.2g}")
+            joint.append(f"{labels[j]} {shown}")
+            if r >= min_points:
+                parts.append(f"{joint[-1]} (+{r:.0f} pts)")
         # a high probability may not move by min_points for any one feature: name them jointly
-        joint_text = "together: " + "; ".join(joint) if joint and p[i] >= 0.5 else ""
+        joint_text = "together: " + "; ".join(joint) if joint and pi >= 0.5 else ""
         out.append("; ".join(parts) if parts else joint_text)
-    return pd.Series(out, index=frame.index, name="top_reasons")
+    return out
 
 
 def arrow_frame(expr: ir.Table) -> pd.DataFrame:
