@@ -42,6 +42,7 @@ from ibis.backends import BaseBackend
 
 from crm_analytics.entities import MatchSettings, resolve_customers
 from crm_analytics.schemas import TABLES, spec
+from crm_analytics.store import create_temp_table
 
 DEFAULT_CATEGORY_MAP: dict[str, str] = {
     "电子产品": "electronics",
@@ -823,7 +824,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     if quarantined_outliers or t.key:
         # outlier thresholds are statistics of the valid rows and key duplicates are
         # found among them: stage the typed rows once
-        staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
+        staged = create_temp_table(con, f"_staged_{table}", staged)
     ok = staged._reason.isnull() & ~staged._duplicate
     for oc, rule in quarantined_outliers:
         judged = staged.filter(ok)
@@ -848,7 +849,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
                 else_=staged._reason,
             ),
         ).drop("_is_out")
-        staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
+        staged = create_temp_table(con, f"_staged_{table}", staged)
         ok = staged._reason.isnull() & ~staged._duplicate
     staged_already = quarantined_outliers or bool(t.key)
     # key duplicates among otherwise valid, non-duplicate rows (all but the first), then
@@ -857,7 +858,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
 
     def reject(rows: ir.Table) -> None:
         name = f"_late_{table}_{len(late)}"
-        con.create_table(name, rows, temp=True, overwrite=True)
+        create_temp_table(con, name, rows)
         late.append(name)
 
     if t.key:
@@ -905,7 +906,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
             con.drop_table(found)
         staged = con.table(f"_staged_{table}")
     else:
-        staged = con.create_table(f"_staged_{table}", staged, temp=True, overwrite=True)
+        staged = create_temp_table(con, f"_staged_{table}", staged)
 
     keep = staged._reason.isnull() & ~staged._duplicate
     kept = staged.filter(keep)

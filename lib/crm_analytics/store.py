@@ -257,6 +257,39 @@ def write_table(con: BaseBackend, name: str, obj: ir.Table | pd.DataFrame | Any)
     con.create_table(name, obj, overwrite=True)
 
 
+def create_temp_table(con: BaseBackend, name: str, obj: ir.Table | pd.DataFrame | Any) -> ir.Table:
+    """Create or replace the temporary table ``name`` (this connection only) and return it.
+
+    On DuckDB the rows are written once, under a fresh name that then replaces
+    ``name``: ibis's own ``create_table(..., temp=True, overwrite=True)`` copies a
+    replaced temporary table a second time (a work-around for a DuckDB 0.9 bug),
+    which cost 19.5 of 33.8 s for 25M events in the clean stage. ``obj`` may read
+    the table it replaces. Other backends use ibis's ``create_table``.
+
+    Parameters
+    ----------
+    con : BaseBackend
+        Store connection.
+    name : str
+        Table name.
+    obj : ibis Table, pandas DataFrame or pyarrow Table
+        Content of the table.
+
+    Returns
+    -------
+    ibis Table
+        The new temporary table.
+    """
+    if getattr(con, "name", None) != "duckdb":
+        return con.create_table(name, obj, temp=True, overwrite=True)
+    fresh = ibis.util.gen_name("temp_table")
+    con.create_table(fresh, obj, temp=True)
+    quoted = name.replace('"', '""')
+    con.raw_sql(f'DROP TABLE IF EXISTS "temp"."main"."{quoted}"')
+    con.raw_sql(f'ALTER TABLE "temp"."main"."{fresh}" RENAME TO "{quoted}"')
+    return con.table(name, database=("temp", "main"))
+
+
 def backend_of(expr: ir.Table) -> BaseBackend | None:
     """Return the backend an expression reads from.
 
