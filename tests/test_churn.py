@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crm_analytics import churn
+from crm_analytics import churn, store
 
 
 def test_label_window_must_be_observed():
@@ -470,7 +470,7 @@ def test_frames_read_through_arrow_equal_ibis_own_conversion(clean_store):
     frames = churn.FrameSource(tables, 60, categories)
     for labelled in (True, False):
         expr = features.churn_frame(tables, "2026-03-01", 60, categories, labelled)
-        pd.testing.assert_frame_equal(churn.arrow_frame(expr), expr.to_pandas())
+        pd.testing.assert_frame_equal(store.to_frame(expr), expr.to_pandas())
         pd.testing.assert_frame_equal(frames("2026-03-01", labelled), expr.to_pandas())
 
 

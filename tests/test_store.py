@@ -1,6 +1,10 @@
 """Tests of crm_analytics.store helpers that need no server."""
 
+import datetime as dt
+from decimal import Decimal
+
 import ibis
+import numpy as np
 import pandas as pd
 
 from crm_analytics import store
@@ -48,3 +52,33 @@ def test_create_temp_table_writes_the_rows_once(duck):
     writes = [q for q in queries if "src" in q or "SELECT * FROM" in q]
     assert len(writes) == 1, queries
     assert duck.table("_staged").count().to_pandas() == 5
+
+
+def test_to_frame_gives_the_frame_ibis_gives(duck):
+    rows = pd.DataFrame(
+        {
+            "customer_id": ["a", None, "c"],
+            "n": pd.array([1, None, 3], dtype="Int64"),
+            "amount": [1.5, np.nan, 2.0],
+            "flag": [True, None, False],
+            "day": [dt.date(2025, 1, 1), None, dt.date(1999, 12, 31)],
+            "ts": pd.to_datetime(
+                ["2025-01-01 10:00", None, "2025-03-01 00:00:01.5"], format="ISO8601"
+            ),
+            "nothing": [None, None, None],
+        }
+    )
+    duck.create_table("rows", rows.astype({"nothing": "float64"}))
+    t = duck.table("rows")
+    expr = t.mutate(
+        price=ibis.literal(Decimal("1.25")).cast("decimal(10, 2)"),
+        total=t.n.sum().over(),  # a 128-bit sum in DuckDB
+        empty=ibis.null("int64"),
+        utc=t.ts.cast("timestamp('UTC')"),
+        complete_ts=t.ts.fill_null(dt.datetime(2025, 1, 2)),
+    )
+    got = store.to_frame(expr)
+    pd.testing.assert_frame_equal(got, expr.to_pandas())
+    assert str(got.ts.dtype) == "datetime64[ns]" and got.customer_id.iloc[1] is None
+    # no rows: the same columns and types
+    pd.testing.assert_frame_equal(store.to_frame(expr.limit(0)), expr.limit(0).to_pandas())

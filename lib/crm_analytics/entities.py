@@ -30,6 +30,8 @@ from ibis.backends import BaseBackend
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from crm_analytics.store import to_frame
+
 CHILD_TABLES: tuple[str, ...] = ("orders", "events", "tickets", "surveys")
 """Tables whose ``customer_id`` follows a merge."""
 
@@ -317,7 +319,7 @@ def resolve_customers(con: BaseBackend, settings: MatchSettings) -> dict[str, An
     if settings.probabilistic and records.count().to_pandas() > 1:
         pairs.append(probabilistic_pairs(con, "_er_input", settings))
     allpairs = pd.concat(pairs, ignore_index=True)
-    cw = crosswalk(records.select("unique_id", "signup_date").to_pandas(), allpairs)
+    cw = crosswalk(to_frame(records.select("unique_id", "signup_date")), allpairs)
     con.create_table("customer_crosswalk", cw, overwrite=True)
     con.drop_table("_er_input")
     # only the merged records' rows change: update those in place instead of

@@ -22,6 +22,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
 from crm_analytics.schemas import require_columns
+from crm_analytics.store import to_frame
 
 RF_SEGMENT_RULES: list[tuple[tuple[int, int], tuple[int, int], str]] = [
     ((5, 5), (4, 5), "Champions"),
@@ -693,8 +694,8 @@ def campaign_lists(
         listed = ibis.memtable(segments[["customer_id"]])
         listed = listed.select(customer_id=listed.customer_id.cast(customers.customer_id.type()))
         columns = [c for c in CAMPAIGN_FIELDS if c in customers.columns and c != consent_col]
-        customers = (
-            customers.semi_join(listed, "customer_id").select(*columns, consent_col).to_pandas()
+        customers = to_frame(
+            customers.semi_join(listed, "customer_id").select(*columns, consent_col)
         )
     consenting = customers[customers[consent_col].astype("boolean").fillna(False).to_numpy(bool)]
     out = consenting.merge(segments, on="customer_id")

@@ -310,6 +310,60 @@ def backend_of(expr: ir.Table) -> BaseBackend | None:
         return None
 
 
+def to_frame(expr: ir.Table) -> pd.DataFrame:
+    """Read an expression's result into pandas through Arrow, as ``expr.to_pandas()`` would.
+
+    ibis converts column by column through Python (14.8 s for the 942k x 18
+    customer features at 1M customers, against 0.5 s this way). The frame is the
+    same: text as Python strings, dates as ``datetime64[s]``, timestamps with
+    missing values in nanoseconds (others in microseconds), columns (but text
+    and float ones) with only missing values holding None.
+
+    Parameters
+    ----------
+    expr : ibis Table
+        The expression.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Its rows, in the expression's order.
+    """
+    return arrow_to_frame(expr.to_pyarrow(), expr.schema())
+
+
+def arrow_to_frame(table: Any, schema: Any) -> pd.DataFrame:
+    """Convert the Arrow result of an expression with ``schema`` as :func:`to_frame` does.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        The rows, with the types ibis gives ``schema``.
+    schema : ibis Schema
+        The expression's schema.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The frame ``to_pandas`` gives.
+    """
+    frame = table.to_pandas(date_as_object=False)
+    for name, dtype in schema.items():
+        if dtype.is_date():
+            frame[name] = frame[name].astype("datetime64[s]")
+        elif dtype.is_timestamp() and table.column(name).null_count:
+            # ibis reads a column with missing values through Python objects, which pandas
+            # turns into nanoseconds; a complete column keeps Arrow's microseconds
+            frame[name] = frame[name].dt.as_unit("ns")
+        elif (
+            not (dtype.is_string() or dtype.is_floating())
+            and len(frame)
+            and frame[name].isna().all()
+        ):
+            frame[name] = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    return frame
+
+
 def read_frame(con: BaseBackend, name: str) -> pd.DataFrame:
     """Read a (small) table into pandas.
 
