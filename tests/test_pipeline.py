@@ -1,5 +1,6 @@
 """The whole pipeline, run with papermill on a tiny generated dataset."""
 
+import datetime as dt
 import json
 import shutil
 import sqlite3
@@ -17,10 +18,16 @@ from crm_analytics.runner import StageFailed, run_pipeline
 pytestmark = pytest.mark.pipeline
 
 
+AS_OF = dt.date.today().isoformat()
+"""One "today" for every run of a test session (an empty as_of_date is the day a stage runs, and
+runs on either side of midnight would differ in every recent-activity count)."""
+
+
 def _params(dataset, tmp):
     """The default parameters pointed at the tiny dataset, with every output under ``tmp``."""
     p = config.load_params(config.project_root() / "params" / "default.yaml")
     p.pop("generate")
+    p["as_of_date"] = AS_OF
     p["store"] = str(tmp / "store.duckdb")
     p["collect"]["sources"] = source_specs(dataset)
     p["clean"]["truth_dir"] = str(dataset / "truth")
