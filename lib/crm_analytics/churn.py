@@ -27,7 +27,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from crm_analytics.schemas import require_columns
-from crm_analytics.store import arrow_to_frame, to_frame
+from crm_analytics.store import arrow_to_frame, backend_of, to_frame
 
 NON_FEATURES: frozenset[str] = frozenset(
     {
@@ -1646,8 +1646,6 @@ class FrameSource:
         """Run the frame at ``cutoff`` in the store, from the SQL template when there is one."""
         from ibis.backends.duckdb.converter import DuckDBPyArrowData
 
-        from crm_analytics.store import backend_of
-
         if labelled not in self.templates:
             self._try_template(cutoff, labelled)  # compiles this cutoff's SQL on the way
         template = self.templates[labelled]
@@ -1661,8 +1659,6 @@ class FrameSource:
 
     def _try_template(self, cutoff: dt.date, labelled: bool) -> None:
         """Keep the frame's SQL at the placeholder when it gives ``cutoff``'s SQL exactly."""
-        from crm_analytics.store import backend_of
-
         self.templates[labelled] = None
         con = backend_of(next(iter(self.tables.values())))
         if con is None or con.name != "duckdb" or cutoff == CUTOFF_PLACEHOLDER:

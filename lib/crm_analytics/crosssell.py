@@ -454,18 +454,13 @@ def compare_recommendations(
         .set_index("_method")
         .reindex(list(methods))
     )
-    customers = counts.customers.fillna(0).astype("int64")
-    judged_any = customers > 0
+    # a method with no customer to judge has no row: its rates stay missing
     return pd.DataFrame(
         {
             "method": list(methods),
-            "hit_rate": np.where(
-                judged_any, counts.hit_customers / customers.where(judged_any), np.nan
-            ),
-            "recall": np.where(
-                judged_any, counts.hits / counts.new_items.where(judged_any), np.nan
-            ),
-            "customers": customers.to_numpy(),
+            "hit_rate": (counts.hit_customers / counts.customers).to_numpy(dtype=float),
+            "recall": (counts.hits / counts.new_items).to_numpy(dtype=float),
+            "customers": counts.customers.fillna(0).to_numpy(dtype="int64"),
         }
     )
 

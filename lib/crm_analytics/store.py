@@ -364,24 +364,6 @@ def arrow_to_frame(table: Any, schema: Any) -> pd.DataFrame:
     return frame
 
 
-def read_frame(con: BaseBackend, name: str) -> pd.DataFrame:
-    """Read a (small) table into pandas.
-
-    Parameters
-    ----------
-    con : BaseBackend
-        Store connection.
-    name : str
-        Table name.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The table's rows.
-    """
-    return con.table(name).to_pandas()
-
-
 def duckdb_path(store: str) -> Path | None:
     """Return the DuckDB file behind ``store``, or None for a URL or in-memory store.
 
