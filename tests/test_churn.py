@@ -264,6 +264,41 @@ def test_model_set_tunes_on_validation_and_beats_noise():
     assert ms.models_["recency only"].base.features_ == ["recency_days"]
 
 
+def test_model_set_keeps_the_tuned_fits_which_equal_fresh_fits(monkeypatch):
+    train, valid, test = (_panel(c) for c in ("2025-01-01", "2025-02-01", "2025-03-01"))
+    settings = dict(learning_rates=(0.1, 0.3), max_leaf_nodes=(7, 15), max_iter=80,
+                    logistic_c=(0.1, 1.0), seed=1)  # fmt: skip
+    fits = []
+    real_fit = churn.ChurnModel.fit
+
+    def counting_fit(self, *args, **kwargs):
+        fits.append(self.kind)
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(churn.ChurnModel, "fit", counting_fit)
+    tuned = churn.ChurnModelSet(**settings).fit(train, valid)
+    # the logistic candidates and the recency baseline; no second fit of the chosen models
+    assert fits == ["logistic", "logistic", "logistic"]
+    assert tuned.params_["gbm"]["max_iter"] < 80  # the cut-off fit is shorter than the tuning fit
+    fits.clear()
+    fresh = churn.ChurnModelSet(**settings, params=tuned.params_).fit(train, valid)
+    assert fits == ["gbm", "logistic", "logistic"]
+    for name, p in tuned.predict_proba(test).items():
+        np.testing.assert_array_equal(p, fresh.predict_proba(test)[name], err_msg=name)
+    gbm = tuned.models_["gradient boosting"].base.estimator_
+    assert gbm.n_iter_ == tuned.params_["gbm"]["max_iter"] == len(gbm._predictors)
+    assert tuned.best_ == fresh.best_ and tuned.threshold_ == fresh.threshold_
+
+
+def test_first_trees_refuses_what_it_cannot_cut():
+    train = _panel("2025-01-01")
+    est = churn.ChurnModel("gbm", 1, 10)._estimator().fit(train[["recency_days"]], train.churned)
+    assert churn._first_trees(est, 0) is None and churn._first_trees(est, 11) is None
+    cut = churn._first_trees(est, 4)
+    assert cut.n_iter_ == 4 and est.n_iter_ == 10  # the tuning fit itself is left whole
+    assert churn._first_trees(churn.ChurnModel("logistic")._estimator(), 1) is None
+
+
 def test_rolling_backtest_refits_at_every_origin():
     origins = churn.backtest_origins("2025-07-01", 3, 30)
     assert origins == [dt.date(2025, 5, 2), dt.date(2025, 6, 1), dt.date(2025, 7, 1)]

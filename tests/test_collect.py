@@ -38,6 +38,20 @@ def test_csv_rows_keep_file_and_row_number(duck, tmp_path):
     assert duck.table("raw_events").count().to_pandas() == 0
 
 
+def test_each_file_is_fingerprinted_with_its_own_hash(duck, tmp_path):
+    import hashlib
+
+    paths = [_orders_csv(tmp_path / f"{i}.csv", [f"O{i},C1,2025-01-0{i} 10:00:00,1{i},CNY,paid,app,"])
+             for i in range(1, 4)]  # fmt: skip
+    files = collect.collect_sources(
+        duck, {"orders": {"kind": "csv", "path": str(tmp_path / "*.csv")}}
+    )
+    expected = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    assert list(files.sha256) == expected and len(set(expected)) == 3
+    stored = duck.table("source_files").to_pandas()
+    assert list(stored.sha256) == expected
+
+
 def test_missing_required_column_names_file_and_column(duck, tmp_path):
     f = tmp_path / "orders.csv"
     f.write_text("order_id,customer_id,amount\nO1,C1,3\n")
@@ -138,6 +152,73 @@ def test_jsonl_excel_and_sqlite_sources(duck, tmp_path):
     assert cust._source.iloc[0].endswith("crm.sqlite#people")
     assert duck.table("raw_tickets").satisfaction.to_pandas().tolist() == ["4"]
     assert duck.table("raw_events").page.to_pandas().tolist() == [None, "home"]
+
+
+def _collect_raw(sources, through_ibis, monkeypatch):
+    """Collect ``sources`` into a fresh store, natively or forced through ibis; the raw tables and
+    the readers used."""
+    import ibis
+
+    used = []
+    native, via_ibis = collect._native_source, collect._load_sql_through_ibis
+    with monkeypatch.context() as m:
+        m.setattr(collect, "_native_source",
+                  (lambda *a: None) if through_ibis else
+                  (lambda *a: used.append("native") or native(*a)))  # fmt: skip
+        m.setattr(collect, "_load_sql_through_ibis",
+                  lambda *a: used.append("ibis") or via_ibis(*a))  # fmt: skip
+        con = ibis.duckdb.connect()
+        collect.collect_sources(con, sources)
+    raw = {t: con.table(f"raw_{t}").to_pandas().sort_values("_source_row", ignore_index=True)
+           for t in sources}  # fmt: skip
+    attached = con.raw_sql("SELECT database_name FROM duckdb_databases()").fetchall()
+    assert not [a for (a,) in attached if a.startswith(collect.SOURCE_ALIAS)]  # detached after
+    con.disconnect()
+    return raw, used
+
+
+def test_sqlite_read_by_duckdb_equals_the_ibis_read(tmp_path, monkeypatch):
+    db = tmp_path / "crm.sqlite"
+    with sqlite3.connect(db) as c:
+        c.execute("create table people (customer_id text, signup_date text, name text, "
+                  "score real, visits integer)")  # fmt: skip
+        c.executemany("insert into people values (?,?,?,?,?)", [
+            ("C2", "2024-12-02", None, 1e20, 7), ("C1", "2024-12-01", "王伟", 0.1, None),
+            ("C1", "2024-12-01", "Wang Wei", 1.5, 3), ("C3", None, "x", None, -2)])  # fmt: skip
+    sources = {"customers": {"kind": "sql", "url": f"sqlite:///{db}", "table": "people",
+                             "columns": {"score": "gender", "visits": "city"}}}  # fmt: skip
+    native, used = _collect_raw(sources, False, monkeypatch)
+    assert used == ["native"]
+    through_ibis, used = _collect_raw(sources, True, monkeypatch)
+    assert used == ["ibis"]
+    assert_frame_equal(native["customers"], through_ibis["customers"])
+    c = native["customers"]
+    # numbered by key, ties by the other columns; every value as SQLite writes it
+    assert list(c.customer_id) == ["C1", "C1", "C2", "C3"] and list(c._source_row) == [1, 2, 3, 4]
+    assert list(c.name) == ["Wang Wei", "王伟", None, "x"]
+    assert list(c.gender) == ["1.5", "0.1", "1.0e+20", None] and list(c.city) == [
+        "3",
+        None,
+        "7",
+        "-2",
+    ]
+
+
+def test_database_sources_fail_with_the_source_named(duck, tmp_path):
+    with pytest.raises(
+        collect.SourceError, match=r"missing\.sqlite#people: cannot read: no database"
+    ):
+        collect.collect_sources(duck, {"customers": {
+            "kind": "sql", "url": f"sqlite:///{tmp_path / 'missing.sqlite'}", "table": "people"}})  # fmt: skip
+    db = tmp_path / "crm.sqlite"
+    with sqlite3.connect(db) as c:
+        c.execute("create table people (customer_id text)")
+    with pytest.raises(collect.SourceError, match=r"crm\.sqlite#staff: cannot read: .*staff"):
+        collect.collect_sources(duck, {"customers": {
+            "kind": "sql", "url": f"sqlite:///{db}", "table": "staff"}})  # fmt: skip
+    # nothing stays attached after a failure
+    attached = duck.raw_sql("SELECT database_name FROM duckdb_databases()").fetchall()
+    assert not [a for (a,) in attached if a.startswith(collect.SOURCE_ALIAS)]
 
 
 def test_unknown_table_or_kind(duck):
@@ -264,3 +345,16 @@ def test_failed_collect_leaves_the_raw_tables_as_they_were(duck, tmp_path):
     # the second call failed part-way: nothing of it is visible, the store still works
     assert duck.table("raw_orders").count().to_pandas() == 1
     assert duck.table("source_files").count().to_pandas() == 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_database_error_never_shows_the_password(duck, monkeypatch, native):
+    monkeypatch.setenv("CRM_TEST_DB_PASSWORD", "s3cret-pw")
+    if not native:
+        monkeypatch.setattr(collect, "_native_source", lambda *a: None)
+    url = "postgresql://bob:${CRM_TEST_DB_PASSWORD}@127.0.0.1:1/crm"  # nothing listens on port 1
+    with pytest.raises(collect.SourceError) as info:
+        collect.collect_sources(duck, {"customers": {"kind": "sql", "url": url, "table": "people"}})
+    message = str(info.value)
+    assert message.startswith("postgresql://bob:***@127.0.0.1:1/crm#people: cannot read: ")
+    assert "s3cret-pw" not in message and "127.0.0.1" in message

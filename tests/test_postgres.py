@@ -172,3 +172,37 @@ def test_runs_on_a_database_store_are_locked_until_the_holder_ends(postgres_url,
         except StoreBusy:
             assert time.monotonic() < deadline, "the killed run's lock was never released"
             time.sleep(0.2)
+
+
+def test_postgres_read_by_duckdb_equals_the_ibis_read(postgres_url, monkeypatch):
+    """DuckDB's postgres scanner gives the raw rows ibis gives: PostgreSQL's own text of each
+    value (numeric, timestamps, booleans, NULLs), numbered by key then the other columns."""
+    from tests.test_collect import _collect_raw
+
+    pg = ibis.connect(postgres_url)
+    pg.raw_sql("DROP TABLE IF EXISTS scanner_people")
+    pg.raw_sql(
+        "CREATE TABLE scanner_people (customer_id text, name text, signup_date date, "
+        "score numeric(10, 3), visits integer, seen timestamp, vip boolean)"
+    )
+    pg.raw_sql(
+        "INSERT INTO scanner_people VALUES "
+        "('C2', NULL, '2024-12-02', 1.5, 7, '2025-01-01 10:00:00.25', true), "
+        "('C1', '王伟', '2024-12-01', -0.125, NULL, NULL, false), "
+        "('C1', 'Wang Wei', NULL, 100, 3, '2025-03-01 00:00:00', NULL)"
+    )
+    table = {"kind": "sql", "url": postgres_url, "table": "scanner_people",
+             "columns": {"score": "gender", "visits": "city", "seen": "province", "vip": "country"}}  # fmt: skip
+    query = {**table, "query": "SELECT * FROM scanner_people WHERE customer_id <> 'C2'"}
+    for spec in (table, query):
+        native, used = _collect_raw({"customers": spec}, False, monkeypatch)
+        assert used == ["native"]
+        through_ibis, used = _collect_raw({"customers": spec}, True, monkeypatch)
+        assert used == ["ibis"]
+        assert_frame_equal(native["customers"], through_ibis["customers"])
+    c = _collect_raw({"customers": table}, False, monkeypatch)[0]["customers"]
+    assert list(c.customer_id) == ["C1", "C1", "C2"] and list(c.name) == ["Wang Wei", "王伟", None]
+    assert list(c.gender) == ["100.000", "-0.125", "1.500"]
+    assert list(c.province) == ["2025-03-01 00:00:00", None, "2025-01-01 10:00:00.25"]
+    assert list(c.country) == [None, "false", "true"] and list(c.signup_date)[1] == "2024-12-01"
+    pg.raw_sql("DROP TABLE scanner_people")

@@ -371,6 +371,7 @@ class CalibratedChurnModel:
         valid: pd.DataFrame,
         label_col: str = "churned",
         features: list[str] | None = None,
+        refit: bool = True,
     ) -> CalibratedChurnModel:
         """Fit the base model on ``train`` and choose a calibration on ``valid``.
 
@@ -382,6 +383,9 @@ class CalibratedChurnModel:
             Label column.
         features : list of str, optional
             Input columns of the base model (all features by default).
+        refit : bool, default True
+            False keeps a base model already fitted on ``train`` (e.g. the one
+            tuning chose) instead of fitting it again; ``features`` is then ignored.
 
         Returns
         -------
@@ -391,7 +395,8 @@ class CalibratedChurnModel:
         from sklearn.calibration import CalibratedClassifierCV
         from sklearn.frozen import FrozenEstimator
 
-        self.base.fit(train, label_col, features)
+        if refit or not hasattr(self.base, "estimator_"):
+            self.base.fit(train, label_col, features)
         a, b = train_test_split(
             valid, test_size=0.5, random_state=self.seed, stratify=valid[label_col]
         )
@@ -861,13 +866,21 @@ def tune_gbm(
     -------
     tuple
         (best parameters for :class:`ChurnModel`, table of every candidate with its
-        validation log loss and ROC AUC).
+        validation log loss and ROC AUC, the best :class:`ChurnModel` fitted on
+        ``train``).
+
+    Notes
+    -----
+    The fitted model is the tuning fit cut to its best number of trees, which is
+    the model a fit with that many trees gives (boosting adds trees one after the
+    other, and nothing random is drawn without early stopping); it is checked
+    against the staged prediction it was chosen by, and refitted if it differs.
     """
     features = feature_columns(train)
     xt, yt = train[features].astype(float), train[label_col].astype(int)
     xv, yv = valid[features].astype(float), valid[label_col].astype(int)
     yv_array = yv.to_numpy()
-    rows = []
+    rows, fits = [], []
     for lr in learning_rates:
         for leaves in max_leaf_nodes:
             m = ChurnModel("gbm", seed, max_iter, lr, leaves)._estimator().fit(xt, yt)
@@ -879,11 +892,43 @@ def tune_gbm(
             rows.append({"model": "gbm", "learning_rate": lr, "max_leaf_nodes": leaves,
                          "max_iter": best + 1, "valid_log_loss": float(losses[best]),
                          "valid_roc_auc": float(roc_auc_score(yv, p))})  # fmt: skip
+            fits.append((m, p))
     table = pd.DataFrame(rows)
-    top = table.loc[table.valid_log_loss.idxmin()]
+    i_top = int(table.valid_log_loss.idxmin())
+    top = table.loc[i_top]
     params = {"kind": "gbm", "learning_rate": float(top.learning_rate),
               "max_leaf_nodes": int(top.max_leaf_nodes), "max_iter": int(top.max_iter)}  # fmt: skip
-    return params, table
+    model = ChurnModel(**{**params, "seed": seed})
+    model.features_ = features
+    fitted, staged_p = fits[i_top]
+    model.estimator_ = _first_trees(fitted, params["max_iter"])
+    if model.estimator_ is None or not np.array_equal(
+        model.estimator_.predict_proba(xv)[:, 1], staged_p
+    ):
+        model.fit(train, label_col, features)
+    return params, table, model
+
+
+def _first_trees(
+    estimator: HistGradientBoostingClassifier, n: int
+) -> HistGradientBoostingClassifier | None:
+    """Return a copy of a fitted boosting model keeping its first ``n`` iterations.
+
+    Reads scikit-learn's private ``_predictors``; None when they are not as expected.
+    """
+    import copy
+
+    predictors = getattr(estimator, "_predictors", None)
+    if not isinstance(predictors, list) or not 1 <= n <= len(predictors):
+        return None
+    cut = copy.copy(estimator)
+    cut._predictors = predictors[:n]  # n_iter_ is the length of this list
+    cut.max_iter = n
+    for name in ("train_score_", "validation_score_"):
+        score = getattr(estimator, name, None)
+        if isinstance(score, np.ndarray) and len(score) > n:
+            setattr(cut, name, score[: n + 1])
+    return cut
 
 
 def tune_logistic(
@@ -912,20 +957,22 @@ def tune_logistic(
     Returns
     -------
     tuple
-        (best parameters for :class:`ChurnModel`, table of candidates).
+        (best parameters for :class:`ChurnModel`, table of candidates, the best
+        :class:`ChurnModel` fitted on ``train``).
     """
     from sklearn.metrics import log_loss
 
-    rows = []
+    rows, models = [], []
     for c in cs:
         m = ChurnModel("logistic", seed, c=c).fit(train, label_col, features)
         p = m.predict_proba(valid)
         rows.append({"model": "logistic", "c": c,
                      "valid_log_loss": float(log_loss(valid[label_col].astype(int), p, labels=[0, 1])),
                      "valid_roc_auc": float(roc_auc_score(valid[label_col].astype(int), p))})  # fmt: skip
+        models.append(m)
     table = pd.DataFrame(rows)
-    top = table.loc[table.valid_log_loss.idxmin()]
-    return {"kind": "logistic", "c": float(top.c)}, table
+    i_top = int(table.valid_log_loss.idxmin())
+    return {"kind": "logistic", "c": float(table.c[i_top])}, table, models[i_top]
 
 
 MODEL_NAMES: dict[str, str] = {"gbm": "gradient boosting", "logistic": "logistic regression"}
@@ -1018,10 +1065,13 @@ class ChurnModelSet:
         from sklearn.metrics import log_loss
 
         require_columns(train, [self.baseline_feature], "train")
+        tuned: dict[str, ChurnModel] = {}  # the chosen candidates, already fitted on train
         if self.params is None:
-            gbm, t1 = tune_gbm(train, valid, self.learning_rates, self.max_leaf_nodes,
-                               self.max_iter, self.seed, label_col)  # fmt: skip
-            logit, t2 = tune_logistic(train, valid, self.logistic_c, self.seed, label_col)
+            gbm, t1, tuned["gbm"] = tune_gbm(train, valid, self.learning_rates, self.max_leaf_nodes,
+                                             self.max_iter, self.seed, label_col)  # fmt: skip
+            logit, t2, tuned["logistic"] = tune_logistic(
+                train, valid, self.logistic_c, self.seed, label_col
+            )
             self.params_ = {"gbm": gbm, "logistic": logit}
             self.tuning_ = pd.concat([t1, t2], ignore_index=True)
         else:
@@ -1030,8 +1080,10 @@ class ChurnModelSet:
         self.models_: dict[str, CalibratedChurnModel] = {}
         loss = {}
         for kind, p in self.params_.items():
-            base = ChurnModel(**{**p, "seed": self.seed})
-            m = CalibratedChurnModel(base, self.seed).fit(train, valid, label_col)
+            base = tuned.get(kind) or ChurnModel(**{**p, "seed": self.seed})
+            m = CalibratedChurnModel(base, self.seed).fit(
+                train, valid, label_col, refit=kind not in tuned
+            )
             self.models_[MODEL_NAMES[kind]] = m
             loss[MODEL_NAMES[kind]] = log_loss(
                 valid[label_col].astype(int), m.predict_proba(valid), labels=[0, 1]

@@ -97,6 +97,52 @@ def encryption_key(encryption_key_env: str) -> str | None:
     return key
 
 
+def load_extension(con: Any, name: str) -> str:
+    """Load a DuckDB extension from its Python package, or from DuckDB's extension folder.
+
+    DuckDB's extensions are published on PyPI as ``duckdb-extension-<name>`` packages
+    (one per DuckDB version), so they install with the other dependencies and load
+    without network access at run time.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection or ibis DuckDB backend
+        Connection to load it into (anything with ``execute`` or ``raw_sql``).
+    name : str
+        Extension name, e.g. ``"httpfs"`` or ``"postgres_scanner"``.
+
+    Returns
+    -------
+    str
+        Where it was loaded from.
+
+    Raises
+    ------
+    RuntimeError
+        If neither the package nor an installed extension can be loaded; the message
+        says what was tried.
+    """
+    run = con.raw_sql if hasattr(con, "raw_sql") else con.execute
+    tried = []
+    try:
+        from importlib import resources
+
+        import duckdb
+
+        pkg = resources.files(f"duckdb_extension_{name}")
+        ext = pkg / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+        run(f"LOAD {sql_literal(str(ext))}")
+        return str(ext)
+    except Exception as exc:  # package missing, or built for another DuckDB
+        tried.append(f"duckdb-extension-{name}: {type(exc).__name__}: {exc}"[:200])
+    try:
+        run(f"LOAD {name}")
+        return name
+    except Exception as exc:
+        tried.append(f"LOAD {name}: {type(exc).__name__}: {exc}"[:200])
+    raise RuntimeError("; ".join(tried))
+
+
 def load_crypto(con: Any) -> str:
     """Load DuckDB's httpfs extension (OpenSSL), needed to write encrypted files.
 
@@ -116,29 +162,14 @@ def load_crypto(con: Any) -> str:
         If neither the ``duckdb-extension-httpfs`` package nor an installed httpfs
         extension can be loaded.
     """
-    run = con.raw_sql if hasattr(con, "raw_sql") else con.execute
-    tried = []
     try:
-        from importlib import resources
-
-        import duckdb
-
-        pkg = resources.files("duckdb_extension_httpfs")
-        ext = pkg / "extensions" / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"
-        run(f"LOAD {sql_literal(str(ext))}")
-        return str(ext)
-    except Exception as exc:  # package missing, or built for another DuckDB
-        tried.append(f"duckdb-extension-httpfs: {type(exc).__name__}: {exc}"[:200])
-    try:
-        run("LOAD httpfs")
-        return "httpfs"
-    except Exception as exc:
-        tried.append(f"LOAD httpfs: {type(exc).__name__}: {exc}"[:200])
-    raise EncryptionUnavailable(
-        "cannot write an encrypted store: DuckDB needs its httpfs extension (OpenSSL). "
-        "Install the duckdb-extension-httpfs package matching your DuckDB version, or run "
-        "INSTALL httpfs once with network access. Tried: " + "; ".join(tried)
-    )
+        return load_extension(con, "httpfs")
+    except RuntimeError as exc:
+        raise EncryptionUnavailable(
+            "cannot write an encrypted store: DuckDB needs its httpfs extension (OpenSSL). "
+            "Install the duckdb-extension-httpfs package matching your DuckDB version, or run "
+            f"INSTALL httpfs once with network access. Tried: {exc}"
+        ) from exc
 
 
 def connect(
