@@ -38,9 +38,17 @@ def test_csv_rows_keep_file_and_row_number(duck, tmp_path):
     assert duck.table("raw_events").count().to_pandas() == 0
 
 
-def test_each_file_is_fingerprinted_with_its_own_hash(duck, tmp_path):
+def test_each_file_is_fingerprinted_with_its_own_hash(duck, tmp_path, monkeypatch):
     import hashlib
+    import time
 
+    real_hash = collect.sha256_file
+
+    def slow_hash(path):  # hashing that lags behind the loading, as for large files
+        time.sleep(0.3)
+        return real_hash(path)
+
+    monkeypatch.setattr(collect, "sha256_file", slow_hash)
     paths = [_orders_csv(tmp_path / f"{i}.csv", [f"O{i},C1,2025-01-0{i} 10:00:00,1{i},CNY,paid,app,"])
              for i in range(1, 4)]  # fmt: skip
     files = collect.collect_sources(

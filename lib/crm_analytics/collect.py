@@ -904,9 +904,10 @@ def _load_sources(
         digests: dict[int, Future[str]] = {}
         try:
             _load_each_source(con, duck, specs, read, hashing, digests)
-        finally:
-            for future in digests.values():
+        except BaseException:
+            for future in digests.values():  # the load failed: no hash is needed any more
                 future.cancel()
+            raise
         for i, future in digests.items():
             read[i] = replace(read[i], sha256=future.result())
 
