@@ -551,7 +551,6 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
     if not url:
         raise SourceError(f"source for '{table}' of kind sql needs `url`")
     label = f"{redact_url(str(url))}#{spec_.get('table', table)}"
-    rename = dict(spec_.get("columns") or {})
     secret_url = _sql_url(expand_env(str(url)))
 
     def failed(exc: BaseException) -> SourceError:
@@ -572,8 +571,7 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
         except Exception as exc:
             raise failed(exc) from None
         items = _select_canonical(table, available, spec_, label)
-        source_of = {rename.get(c, c): c for c in available}
-        order = _row_order(spec_, table, available, source_of)
+        order = _row_order(spec_, table, available)
         window = "ORDER BY " + ", ".join(f"CAST({_ident(c)} AS VARCHAR)" for c in order)
         try:
             duck.execute(
@@ -584,7 +582,7 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
             raise failed(exc) from None
     else:
         try:
-            available = _load_sql_through_ibis(duck, table, spec_, label)
+            available = _load_sql_through_ibis(duck, table, secret_url, spec_, label)
         except SourceError as exc:
             if exc.__cause__ is None:  # our own message (e.g. a missing column): no URL in it
                 raise
@@ -596,15 +594,15 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
     return SourceFile(table, label, 0, digest, int(rows), _now())
 
 
-def _row_order(
-    spec_: dict[str, Any], table: str, available: list[str], source_of: dict[str, str]
-) -> list[str]:
+def _row_order(spec_: dict[str, Any], table: str, available: list[str]) -> list[str]:
     """Return the source columns that number a database's rows: the key, then the rest.
 
     A database returns rows in no particular order, so they are numbered in the order
     of the table's key (or the source's ``order_by``), ties broken by every other
     column, which makes the numbering the same on every run.
     """
+    rename = dict(spec_.get("columns") or {})
+    source_of = {rename.get(c, c): c for c in available}
     first = list(spec_.get("order_by") or [source_of[k] for k in spec(table).key if k in source_of])
     return first + [c for c in available if c not in first]
 
@@ -623,14 +621,15 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _load_sql_through_ibis(duck: Any, table: str, spec_: dict[str, Any], label: str) -> list[str]:
+def _load_sql_through_ibis(
+    duck: Any, table: str, url: str, spec_: dict[str, Any], label: str
+) -> list[str]:
     """Copy a database table (or query) into ``raw_<table>`` through ibis and Arrow batches.
 
-    Returns the source's column names.
+    ``url`` is the resolved URL, secrets included. Returns the source's column names.
     """
-    url = str(spec_["url"])
     try:
-        src = ibis.connect(_sql_url(expand_env(url)))
+        src = ibis.connect(url)
         expr = (
             src.sql(spec_["query"]) if spec_.get("query") else src.table(spec_.get("table", table))
         )
@@ -638,9 +637,7 @@ def _load_sql_through_ibis(duck: Any, table: str, spec_: dict[str, Any], label: 
         items = _select_canonical(table, available, spec_, label)
         casted = expr.select(*[expr[c].cast("string").name(c) for c in available])
         # a database returns rows in no particular order: number them in key order
-        rename = dict(spec_.get("columns") or {})
-        source_of = {rename.get(c, c): c for c in available}
-        casted = casted.order_by(_row_order(spec_, table, available, source_of))
+        casted = casted.order_by(_row_order(spec_, table, available))
         reader = casted.to_pyarrow_batches(chunk_size=100_000)
     except SourceError:
         raise
