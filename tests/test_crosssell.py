@@ -102,6 +102,27 @@ def test_recommendations_equal_a_full_sort_of_every_item():
     assert crosssell.CooccurrenceRecommender(k=0).fit(bought).recommend(bought).empty
 
 
+def test_fitted_customers_get_the_same_recommendations_without_the_pairs_again():
+    # the matrix kept by fit serves recommend() and popular(): equal to passing the pairs
+    rng = np.random.default_rng(5)
+    ids = np.array(["c10", "c2", "顾客7", "C1", "b", "a", "Z9", "c1"])
+    bought = (
+        pd.DataFrame(
+            {"customer_id": rng.choice(ids, 60), "item": rng.integers(0, 12, 60).astype(str)}
+        )
+        .astype("string[pyarrow]")
+        .drop_duplicates()
+        .reset_index(drop=True)
+    )
+    model = crosssell.CooccurrenceRecommender(k=3).fit(bought)
+    pd.testing.assert_frame_equal(model.recommend(batch=3), model.recommend(bought, batch=3))
+    pd.testing.assert_frame_equal(model.popular(batch=3), model.popular(bought, batch=3))
+    assert model.popular().customer_id.is_monotonic_increasing  # sorted by customer, as before
+    assert set(model.recommend().customer_id) == set(bought.customer_id)
+    with pytest.raises(ValueError, match="fit the recommender first"):
+        crosssell.CooccurrenceRecommender(k=3).recommend()
+
+
 def test_recommender_takes_items_that_are_not_text():
     bought = pd.DataFrame({"customer_id": ["x", "x", "y"], "item": [1, 2, 1]})
     got = crosssell.CooccurrenceRecommender(k=1).fit(bought).recommend(bought)

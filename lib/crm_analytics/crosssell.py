@@ -164,6 +164,12 @@ class CooccurrenceRecommender:
         Item x item co-purchase counts, row-normalised (P(bought j | bought i)).
     popularity_ : numpy.ndarray
         Buyers per item.
+    buyers_ : scipy.sparse.csr_matrix
+        The customer x item 0/1 matrix of the pairs fitted on, kept so that
+        :meth:`recommend` and :meth:`popular` can serve those customers without
+        building it again.
+    customers_ : pandas.Index
+        The rows of ``buyers_`` (customers in order of appearance).
     """
 
     def __init__(self, k: int = 5) -> None:
@@ -205,7 +211,8 @@ class CooccurrenceRecommender:
             self.
         """
         self.items_ = pd.Index(sorted(pairs.item.unique()))
-        x, _ = self._matrix(pairs)
+        x, self.customers_ = self._matrix(pairs)
+        self.buyers_ = x
         co = (x.T @ x).tocsr().astype(np.float32)
         co.setdiag(0)
         co.eliminate_zeros()
@@ -214,13 +221,28 @@ class CooccurrenceRecommender:
         self.similarity_ = (inv @ co).tocsr()
         return self
 
-    def recommend(self, pairs: pd.DataFrame, batch: int = 5000) -> pd.DataFrame:
+    def _buyers(
+        self, pairs: pd.DataFrame | None, sort: bool = False
+    ) -> tuple[sparse.csr_matrix, pd.Index]:
+        """Return the customer x item matrix of ``pairs``, or of the fitted pairs when None."""
+        if pairs is not None:
+            return self._matrix(pairs, sort=sort)
+        if not hasattr(self, "buyers_"):
+            raise ValueError("fit the recommender first, or pass the pairs to recommend for")
+        if not sort:
+            return self.buyers_, self.customers_
+        order = np.asarray(self.customers_.argsort(), dtype=np.int64)
+        return self.buyers_[order], self.customers_[order]
+
+    def recommend(self, pairs: pd.DataFrame | None = None, batch: int = 5000) -> pd.DataFrame:
         """Recommend ``k`` items each customer has not bought yet.
 
         Parameters
         ----------
-        pairs : pandas.DataFrame
-            customer_id, item: what the customers bought.
+        pairs : pandas.DataFrame, optional
+            customer_id, item: what the customers bought. None (the default) serves
+            the customers of the pairs given to :meth:`fit`, from the matrix kept
+            then: the same recommendations, without building it again.
         batch : int, default 5000
             Customers scored at a time (bounds memory).
 
@@ -229,7 +251,7 @@ class CooccurrenceRecommender:
         pandas.DataFrame
             customer_id, rank (1 = best), item, score.
         """
-        x, customers = self._matrix(pairs)
+        x, customers = self._buyers(pairs)
         k = min(self.k, len(self.items_))
         ids, ranks, items, values = [], [], [], []
         by_popularity = self._popularity_order()
@@ -290,13 +312,14 @@ class CooccurrenceRecommender:
             }
         )
 
-    def popular(self, pairs: pd.DataFrame, batch: int = 5000) -> pd.DataFrame:
+    def popular(self, pairs: pd.DataFrame | None = None, batch: int = 5000) -> pd.DataFrame:
         """Recommend the ``k`` most bought items each customer has not bought (the baseline).
 
         Parameters
         ----------
-        pairs : pandas.DataFrame
-            customer_id, item: what the customers bought.
+        pairs : pandas.DataFrame, optional
+            customer_id, item: what the customers bought; None (the default) for the
+            customers of the pairs given to :meth:`fit`.
         batch : int, default 5000
             Customers handled at a time (bounds memory).
 
@@ -306,7 +329,7 @@ class CooccurrenceRecommender:
             customer_id, rank, item.
         """
         order = self._popularity_order()
-        x, customers = self._matrix(pairs, sort=True)
+        x, customers = self._buyers(pairs, sort=True)
         x = x[:, order].tocsr()  # columns by popularity
         k = min(self.k, len(self.items_))
         owned_per_row = np.diff(x.indptr)
