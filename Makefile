@@ -14,6 +14,11 @@ RUN_STAMP := reports/.up-to-date-$(notdir $(basename $(PARAMS)))
 LIB_FILES := $(shell find lib -name '*.py') pyproject.toml
 DATA_DEP := $(if $(filter params/default.yaml,$(PARAMS)),$(DATA_DIR)/_SUCCESS)
 
+# the secret salt of pseudonymous ids: the environment's, or .secrets/pseudonym-salt
+ifeq ($(strip $(CRM_PSEUDONYM_SALT)),)
+export CRM_PSEUDONYM_SALT := $(shell bash scripts/ensure-salt.sh)
+endif
+
 .PHONY: help install data run test lint format lab bench profile docs clean-reports
 
 help:

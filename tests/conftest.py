@@ -20,6 +20,11 @@ from crm_analytics.generate import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# pseudonymous ids and erasure hashes need a secret salt (there is no default); the
+# tests use one of their own unless the caller set it (make test sets it from
+# .secrets/pseudonym-salt)
+os.environ.setdefault("CRM_PSEUDONYM_SALT", "test-salt-" + os.urandom(8).hex())
+
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:

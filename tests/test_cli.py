@@ -27,6 +27,20 @@ def test_run_command_reports_errors(tmp_path, capsys):
     assert "unknown stage 'nonsense'" in capsys.readouterr().err
 
 
+def test_run_and_forget_without_a_pseudonym_salt_stop_before_touching_anything(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv("CRM_PSEUDONYM_SALT")
+    p = tmp_path / "p.yaml"
+    p.write_text(f"store: {tmp_path / 'store.duckdb'}\n")
+    reports = tmp_path / "reports"
+    for command in (["run", "--reports-dir", str(reports)],
+                    ["forget", "--customer-id", "C1", "--reports-dir", str(reports)]):  # fmt: skip
+        assert cli.main([*command, "--params", str(p)]) == cli.EXIT_BAD_SETUP
+        assert "CRM_PSEUDONYM_SALT is not set" in capsys.readouterr().err
+    assert not reports.exists() and not (tmp_path / "store.duckdb").exists()
+
+
 def test_docs_command_and_committed_data_model_is_current(tmp_path):
     out = tmp_path / "dm.md"
     assert cli.main(["docs", "--out", str(out)]) == 0

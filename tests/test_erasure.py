@@ -1,15 +1,20 @@
 """Right to erasure: a forgotten customer leaves the store, exports, snapshots and reports, and stays out."""
 
+import hashlib
 import json
 
+import duckdb
 import ibis
 import pandas as pd
 import pytest
 import yaml
+from pandas.testing import assert_frame_equal
 
-from crm_analytics import cli, erasure
+from crm_analytics import cli, collect, erasure
+from crm_analytics import store as store_mod
 from crm_analytics.report import pseudonymise
 from crm_analytics.runner import run_pipeline
+from crm_analytics.schemas import TABLES
 from tests.test_pipeline import _params
 
 
@@ -55,11 +60,127 @@ def test_erase_from_store_removes_every_row_of_the_person(store):
     assert store.table("raw_order_items").sku.to_pyarrow().to_pylist() == ["y"]
 
 
-def test_suppress_raw_withholds_the_persons_raw_rows_and_their_order_lines(store):
-    held = erasure.suppress_raw(store, {erasure.key_hash("C1")})
-    assert held == {"raw_orders": 1, "raw_order_items": 1}
-    assert store.table("raw_orders").customer_id.to_pyarrow().to_pylist() == ["C2"]
-    assert erasure.suppress_raw(store, set()) == {"raw_orders": 0, "raw_order_items": 0}
+def _crm_sources(folder):
+    """Customers, orders and order lines of two customers (C1 the one to forget), as CSV."""
+    (folder / "customers.csv").write_text(
+        "customer_id,name,email,phone,signup_date\n"
+        "C1,Zhang Weiqiang,zhang.weiqiang@example.cn,13812345678,2024-01-01\n"
+        "C2,Li Na,li.na@example.cn,13987654321,2024-01-02\n"
+        ",Nobody,,,2024-01-03\n",
+        encoding="utf-8",
+    )
+    (folder / "orders.csv").write_text(
+        "order_id,customer_id,order_ts,amount,currency,status\n"
+        "O1,C1,2025-01-01 10:00:00,10,CNY,paid\nO2,C2,2025-01-02 10:00:00,20,CNY,paid\n"
+        "O3, C1 ,2025-01-03 10:00:00,30,CNY,paid\nO4,,2025-01-04 10:00:00,40,CNY,paid\n",
+        encoding="utf-8",
+    )
+    (folder / "items.csv").write_text(
+        "order_id,sku,quantity,unit_price\nO1,A,1,5\nO1,B,1,5\nO2,A,2,10\nO3,C,3,10\nO4,D,4,10\n",
+        encoding="utf-8",
+    )
+    # the order lines come first in the parameters: they are still withheld by their order
+    return {
+        "customers": {"kind": "csv", "path": str(folder / "customers.csv")},
+        "order_items": {"kind": "csv", "path": str(folder / "items.csv")},
+        "orders": {"kind": "csv", "path": str(folder / "orders.csv")},
+    }
+
+
+C1_PERSONAL = (b"Zhang Weiqiang", b"zhang.weiqiang@example.cn", b"13812345678")
+
+
+def test_collect_withholds_suppressed_customers_before_anything_reaches_the_file(tmp_path):
+    sources = _crm_sources(tmp_path)
+    plain = ibis.duckdb.connect(str(tmp_path / "plain.duckdb"))
+    read = collect.collect_sources(plain, sources)
+    plain.disconnect()
+    # the byte check below can see these values when they are written
+    assert all(v in (tmp_path / "plain.duckdb").read_bytes() for v in C1_PERSONAL)
+
+    con = ibis.duckdb.connect(str(tmp_path / "store.duckdb"))
+    suppression = erasure.Suppression(salted=frozenset({erasure.key_hash("C1")}))
+    files = collect.collect_sources(con, sources, suppression)
+    raw = {t: con.table(f"raw_{t}").to_pandas() for t in ("customers", "orders", "order_items")}
+    assert raw["customers"].customer_id.tolist() == ["C2", None]  # a missing key stays
+    assert sorted(raw["orders"].order_id) == ["O2", "O4"]
+    assert sorted(raw["order_items"].order_id) == ["O2", "O4"]
+    assert raw["orders"]._source_row.tolist() == [2, 4]  # rows keep their numbers in the file
+    # every record is accounted for: read = kept + withheld, per source, in the parameters' order
+    assert files.table.tolist() == ["customers", "order_items", "orders"]
+    assert files.withheld.tolist() == [1, 3, 2]
+    assert files.rows.tolist() == read.rows.tolist() == [3, 5, 4]
+    assert collect.withheld_per_table(files) == {
+        f"raw_{t}": {"customers": 1, "orders": 2, "order_items": 3}.get(t, 0) for t in TABLES
+    }
+    assert not [t for t in con.list_tables() if t.startswith(("_withheld", "_suppressed"))]
+    con.disconnect()
+    data = (tmp_path / "store.duckdb").read_bytes()
+    assert not [v for v in C1_PERSONAL if v in data]
+    assert b"li.na@example.cn" in data
+
+
+def test_suppression_list_is_salted_and_refuses_a_list_of_another_salt(tmp_path):
+    f = tmp_path / "suppression.csv"
+    h = erasure.key_hash(" C1 ", salt="salt-one")
+    assert h == erasure.key_hash("C1", salt="salt-one") != erasure.key_hash("C1", salt="salt-two")
+    assert h != hashlib.sha256(b"crm-analytics-erasure|C1").hexdigest()  # not the unsalted hash
+    assert erasure.add_to_suppression(f, [h], salt="salt-one") == 1
+    assert erasure.add_to_suppression(f, [h], salt="salt-one") == 0
+    assert erasure.read_suppression(f, salt="salt-one") == erasure.Suppression(frozenset({h}))
+    rows = pd.read_csv(f, dtype=str)
+    assert list(rows.columns) == list(erasure.SUPPRESSION_COLUMNS) and len(rows) == 1
+    assert "salt-one" not in f.read_text() and rows.salt_id[0] == erasure.salt_id("salt-one")
+    # read under another salt, the list would let its customers back in: it stops instead
+    with pytest.raises(
+        ValueError, match=r"suppression\.csv, line 2, column salt_id: .*another salt"
+    ):
+        erasure.read_suppression(f, salt="salt-two")
+
+
+def test_unsalted_rows_of_an_older_list_are_still_honoured(tmp_path):
+    f = tmp_path / "suppression.csv"
+    old = hashlib.sha256(b"crm-analytics-erasure|C1").hexdigest()  # as lists were once written
+    f.write_text(f"customer_key_sha256,requested_at\n{old},2026-01-01T00:00:00+00:00\n")
+    assert erasure.read_suppression(f) == erasure.Suppression(legacy=frozenset({old}))
+    new = erasure.key_hash("C2")
+    assert erasure.add_to_suppression(f, [new]) == 1  # the header gains salt_id, the old row stays
+    both = erasure.read_suppression(f)
+    assert both == erasure.Suppression(frozenset({new}), frozenset({old}))
+    con = ibis.duckdb.connect()
+    files = collect.collect_sources(con, _crm_sources(tmp_path), both)
+    assert con.table("raw_customers").customer_id.to_pyarrow().to_pylist() == [None]
+    assert files.withheld.tolist() == [2, 4, 3]  # both customers, their orders and order lines
+    con.disconnect()
+
+
+def test_rebuilt_store_keeps_every_table_and_loses_the_deleted_bytes(tmp_path, monkeypatch):
+    sources = _crm_sources(tmp_path)
+    for key_env in ("", "CRM_TEST_REBUILD_KEY"):
+        path = tmp_path / f"store{key_env}.duckdb"
+        if key_env:
+            monkeypatch.setenv(key_env, "rebuild-key-1")
+        con = store_mod.connect(str(path), encryption_key_env=key_env)
+        collect.collect_sources(con, sources)
+        con.raw_sql("CREATE VIEW paid AS SELECT * FROM raw_orders WHERE status = 'paid'")
+        erasure.erase_from_store(con, ["C1"])
+        con.disconnect()
+        con = store_mod.connect(str(path), read_only=True, encryption_key_env=key_env)
+        before = {t: con.table(t).to_pandas() for t in con.list_tables()}
+        con.disconnect()
+        assert "paid" in before and len(before["raw_customers"]) == 2
+        if not key_env:  # deleted, yet still in the file's free pages
+            assert all(v in path.read_bytes() for v in C1_PERSONAL)
+        store_mod.rebuild_duckdb(path, key_env)
+        assert not [v for v in C1_PERSONAL if v in path.read_bytes()]
+        assert not list(tmp_path.glob(f".{path.name}.rebuild*"))
+        con = store_mod.connect(str(path), read_only=True, encryption_key_env=key_env)
+        assert sorted(con.list_tables()) == sorted(before)
+        for t, frame in before.items():
+            assert_frame_equal(con.table(t).to_pandas(), frame, check_dtype=True)
+        con.disconnect()
+    with pytest.raises(duckdb.Error):  # the rebuilt encrypted file still needs its key
+        duckdb.connect(str(tmp_path / "storeCRM_TEST_REBUILD_KEY.duckdb")).execute("SHOW TABLES")
 
 
 def test_exports_snapshots_and_reports_are_cleaned(tmp_path):
@@ -109,7 +230,17 @@ def test_forget_end_to_end_and_the_next_run_does_not_bring_them_back(
         .order_by([ibis.desc("n"), "customer_id"])
     )
     cid = who.limit(1).to_pyarrow().to_pylist()[0]["customer_id"]
+    raw = con.table("raw_customers")
+    mine = raw.filter(raw.customer_id.strip() == cid).to_pyarrow().to_pylist()
     con.disconnect()
+    personal = {r[c].encode() for r in mine for c in ("name", "email", "phone") if r[c]}
+    assert len(personal) >= 3
+
+    def in_store():
+        data = (tmp_path / "store.duckdb").read_bytes()
+        return {v.decode() for v in personal if v in data}
+
+    assert in_store() == {v.decode() for v in personal}  # readable before: the check can fail
 
     audit = tmp_path / "audit.jsonl"
     assert cli.main(["forget", "--customer-id", cid, "--params", str(f), "--reason", "ticket 42",
@@ -137,12 +268,13 @@ def test_forget_end_to_end_and_the_next_run_does_not_bring_them_back(
         return found
 
     assert rows_of([cid]) == {}
+    assert record["store_file_rebuilt"] is True and in_store() == set()
     # the next run reads the same files again: the person stays out, and the report says why rows are missing
     run_pipeline(f, run_id="after-collect", only="collect", reports_dir=reports, progress=False)
     run_dir = run_pipeline(
         f, run_id="after-clean", only="clean", reports_dir=reports, progress=False
     )
-    assert rows_of([cid]) == {}
+    assert rows_of([cid]) == {} and in_store() == set()
     metrics = json.loads((reports / "after-collect" / "metrics.json").read_text())["collect"]
     # exactly the raw rows that were erased are withheld when the same files are read again
     erased_raw = {t: n for t, n in record["store_rows_deleted"].items() if t.startswith("raw_")}

@@ -206,3 +206,58 @@ def test_postgres_read_by_duckdb_equals_the_ibis_read(postgres_url, monkeypatch)
     assert list(c.province) == ["2025-03-01 00:00:00", None, "2025-01-01 10:00:00.25"]
     assert list(c.country) == [None, "false", "true"] and list(c.signup_date)[1] == "2024-12-01"
     pg.raw_sql("DROP TABLE scanner_people")
+
+
+def test_forget_on_a_database_store_is_locked_deletes_and_rewrites_the_tables(
+    postgres_url, tmp_path
+):
+    """On PostgreSQL the deleted row versions leave the table files (VACUUM FULL), under the run lock."""
+    import yaml
+
+    from crm_analytics import config, erasure
+    from crm_analytics.runner import StoreBusy, database_lock, forget_customer
+
+    admin = ibis.connect(postgres_url)
+    admin.raw_sql("DROP DATABASE IF EXISTS forget_store")
+    admin.raw_sql("CREATE DATABASE forget_store")
+    admin.disconnect()
+    url = postgres_url.rsplit("/", 1)[0] + "/forget_store"
+    con = ibis.connect(url)
+    con.create_table("customers", pd.DataFrame({"customer_id": ["C1", "C2"],
+                                                "email": ["c1@example.cn", "c2@example.cn"]}))  # fmt: skip
+    con.create_table(
+        "orders", pd.DataFrame({"order_id": ["O1", "O2"], "customer_id": ["C1", "C2"]})
+    )
+    con.create_table("products", pd.DataFrame({"sku": ["A"]}))
+
+    def files():
+        rows = con.sql(
+            "SELECT relname, relfilenode FROM pg_class WHERE relname IN "
+            "('customers', 'orders', 'products')"
+        ).to_pandas()
+        return dict(zip(rows.relname, rows.relfilenode, strict=True))
+
+    before = files()
+    con.disconnect()
+    params = config.load_params(config.project_root() / "params" / "default.yaml")
+    params["store"] = url
+    params["collect"]["suppression_file"] = str(tmp_path / "suppression.csv")
+    params["report"]["snapshot_dir"] = str(tmp_path / "snapshots")
+    for stage in ("segment", "churn"):
+        params[stage]["export_dir"] = str(tmp_path / "exports")
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(params, allow_unicode=True))
+    audit = tmp_path / "audit.jsonl"
+    with database_lock(url, "a run"), pytest.raises(StoreBusy):
+        forget_customer(f, "C1", reports_dir=tmp_path / "r", audit_file=audit)
+    assert not audit.exists()
+    record = forget_customer(f, "C1", reports_dir=tmp_path / "r", audit_file=audit)
+    assert record["store_rows_deleted"] == {"customers": 1, "orders": 1}
+    assert "store_file_rebuilt" not in record  # no file here: the server rewrote the tables
+    con = ibis.connect(url)
+    after = files()
+    assert con.table("customers").customer_id.to_pyarrow().to_pylist() == ["C2"]
+    con.disconnect()
+    assert after["customers"] != before["customers"] and after["orders"] != before["orders"]
+    assert after["products"] == before["products"]  # tables without the person are left alone
+    assert erasure.read_suppression(tmp_path / "suppression.csv").salted == {erasure.key_hash("C1")}

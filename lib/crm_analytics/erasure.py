@@ -5,16 +5,20 @@ China's PIPL and the EU's GDPR give people this right):
 
 1. finds every record of the person: the id given, and the other CRM records
    entity resolution merged with it (``customer_crosswalk``);
-2. deletes their rows from every table in the store that has a ``customer_id``
+2. adds them to a suppression list first, so that the next run's collect stage
+   never writes their rows to the store again when the same sources are read
+   (a failure in a later step cannot bring them back);
+3. deletes their rows from every table in the store that has a ``customer_id``
    (raw, clean and derived) and the lines of their orders, in one transaction;
-3. removes their rows from exports and per-run snapshots under ``data/``;
-4. replaces their pseudonymous id in earlier reports with ``cust_erased``;
-5. adds them to a suppression list, so that the next run's collect stage
-   withholds their rows when the same source files are read again; and
+   a DELETE leaves the bytes in the database's free pages, so a DuckDB store's
+   file is then rebuilt from its live rows, and a PostgreSQL store's tables are
+   rewritten (``VACUUM FULL``);
+4. removes their rows from exports and per-run snapshots under ``data/``;
+5. replaces their pseudonymous id in earlier reports with ``cust_erased``; and
 6. appends an audit line (when, by whom, why, how many rows where).
 
-The suppression list and the audit log hold a hash of the CRM key, never the key
-itself or any personal data.
+The suppression list and the audit log hold a salted hash of the CRM key (the
+secret of the pseudonymous ids), never the key itself or any personal data.
 """
 
 from __future__ import annotations
@@ -26,84 +30,165 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from ibis.backends import BaseBackend
 
-from crm_analytics.report import pseudonymise
+from crm_analytics.report import PSEUDONYM_SALT_ENV, pseudonym_salt, pseudonymise
 from crm_analytics.store import sql_literal
 
 ERASED_ID = "cust_erased"
 """What an erased customer's pseudonymous id becomes in earlier reports."""
 
 _HASH_PREFIX = "crm-analytics-erasure|"
-SUPPRESSION_COLUMNS: tuple[str, ...] = ("customer_key_sha256", "requested_at")
+SUPPRESSION_COLUMNS: tuple[str, ...] = ("customer_key_sha256", "salt_id", "requested_at")
+SUPPRESSION_TABLES: tuple[str, ...] = ("_suppressed_salt", "_suppressed_keys", "_suppressed_legacy")
+"""Temporary tables of :func:`register_suppression`."""
 
 
-def key_hash(customer_id: str) -> str:
+@dataclass(frozen=True)
+class Suppression:
+    """The suppression list as read: the key hashes whose rows the collect stage withholds.
+
+    Attributes
+    ----------
+    salted : frozenset of str
+        Hashes of :func:`key_hash` under the current salt.
+    legacy : frozenset of str
+        Unsalted hashes of lists written before hashes were salted (still honoured).
+    """
+
+    salted: frozenset[str] = frozenset()
+    legacy: frozenset[str] = frozenset()
+
+    def __len__(self) -> int:
+        """Return the number of suppressed keys."""
+        return len(self.salted) + len(self.legacy)
+
+
+def salt_id(salt: str | None = None) -> str:
+    """Return a short fingerprint of the salt (recorded with each suppressed hash).
+
+    Parameters
+    ----------
+    salt : str, optional
+        The salt; :func:`crm_analytics.report.pseudonym_salt` when omitted.
+
+    Returns
+    -------
+    str
+        16 hex digits; the salt cannot be recovered from them.
+    """
+    s = salt if salt is not None else pseudonym_salt()
+    return hashlib.sha256(f"crm-analytics-salt-id|{s}".encode()).hexdigest()[:16]
+
+
+def key_hash(customer_id: str, salt: str | None = None) -> str:
     """Return the hash under which a CRM key is suppressed and audited.
+
+    Salted with the secret of the pseudonymous ids, so that the hash of a guessable
+    key (``C000123``) cannot be found by hashing candidates.
 
     Parameters
     ----------
     customer_id : str
         CRM key (surrounding white space ignored, as the clean stage does).
+    salt : str, optional
+        The salt; :func:`crm_analytics.report.pseudonym_salt` when omitted.
 
     Returns
     -------
     str
-        Hex SHA-256 of the key with a fixed prefix (the same hash DuckDB computes
-        in :func:`suppress_raw`).
+        Hex SHA-256 of salt, a fixed prefix and the key (the same hash DuckDB
+        computes in :func:`suppressed_sql`).
     """
-    return hashlib.sha256(f"{_HASH_PREFIX}{str(customer_id).strip()}".encode()).hexdigest()
+    s = salt if salt is not None else pseudonym_salt()
+    return hashlib.sha256(f"{s}|{_HASH_PREFIX}{str(customer_id).strip()}".encode()).hexdigest()
 
 
-def read_suppression(path: Path) -> set[str]:
-    """Return the suppressed key hashes (empty when the list does not exist).
+def read_suppression(path: Path, salt: str | None = None) -> Suppression:
+    """Read the suppression list (empty when it does not exist).
 
     Parameters
     ----------
     path : Path
-        The suppression list (CSV with ``customer_key_sha256``).
+        The suppression list (CSV with ``customer_key_sha256`` and ``salt_id``).
+    salt : str, optional
+        The salt; :func:`crm_analytics.report.pseudonym_salt` when omitted.
 
     Returns
     -------
-    set of str
-        Key hashes.
+    Suppression
+        Salted hashes, and unsalted ones of rows written before salting.
+
+    Raises
+    ------
+    ValueError
+        If a row was hashed under another salt: its customer could not be
+        recognised, so the run stops instead of bringing them back.
     """
     if not path.is_file():
-        return set()
+        return Suppression()
+    current = salt_id(salt)
+    salted: set[str] = set()
+    legacy: set[str] = set()
     with path.open(encoding="utf-8", newline="") as fh:
-        return {row["customer_key_sha256"] for row in csv.DictReader(fh)}
+        for line, row in enumerate(csv.DictReader(fh), start=2):
+            written = (row.get("salt_id") or "").strip()
+            if not written:
+                legacy.add(row["customer_key_sha256"])
+            elif written == current:
+                salted.add(row["customer_key_sha256"])
+            else:
+                raise ValueError(
+                    f"{path}, line {line}, column salt_id: hashed under another salt "
+                    f"({written}, this run's is {current}); set {PSEUDONYM_SALT_ENV} to the salt "
+                    "that wrote the list, or the customers erased under it would come back"
+                )
+    return Suppression(frozenset(salted), frozenset(legacy))
 
 
-def add_to_suppression(path: Path, hashes: Iterable[str]) -> int:
-    """Append key hashes to the suppression list (created with its header if absent).
+def add_to_suppression(path: Path, hashes: Iterable[str], salt: str | None = None) -> int:
+    """Add key hashes to the suppression list (created with its header if absent).
+
+    The list is rewritten through a temporary file and a rename, so a crash
+    leaves the old list or the new one, never half of it.
 
     Parameters
     ----------
     path : Path
         The suppression list.
     hashes : iterable of str
-        Key hashes from :func:`key_hash`.
+        Key hashes from :func:`key_hash` under ``salt``.
+    salt : str, optional
+        The salt; :func:`crm_analytics.report.pseudonym_salt` when omitted.
 
     Returns
     -------
     int
         Hashes added (those already listed are skipped).
     """
-    known = read_suppression(path)
-    new = sorted(set(hashes) - known)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = not path.is_file()
+    known = read_suppression(path, salt)
+    new = sorted(set(hashes) - known.salted)
+    rows: list[dict[str, str]] = []
+    if path.is_file():
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    with path.open("a", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh)
-        if fresh:
-            w.writerow(SUPPRESSION_COLUMNS)
-        for h in new:
-            w.writerow([h, now])
+    sid = salt_id(salt)
+    rows += [{"customer_key_sha256": h, "salt_id": sid, "requested_at": now} for h in new]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.writing")
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, SUPPRESSION_COLUMNS, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
     return len(new)
 
 
@@ -138,12 +223,24 @@ def person_ids(con: BaseBackend, customer_id: str) -> list[str]:
     return sorted(ids)
 
 
+def _base_tables(con: BaseBackend) -> list[str]:
+    """Return the store's tables, views left out (they hold no rows of their own)."""
+    found = con.sql(
+        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+        "AND table_schema = current_schema() AND table_catalog = current_database()"
+    ).to_pyarrow()
+    return sorted(str(n) for n in found.column(0).to_pylist())
+
+
 def erase_from_store(con: BaseBackend, ids: list[str]) -> dict[str, int]:
     """Delete the person's rows from every table of the store, in one transaction.
 
     Tables with a ``customer_id`` column lose the person's rows (raw keys are
     compared trimmed); ``order_items`` and ``raw_order_items`` lose the lines of
-    the person's orders; ``customer_crosswalk`` loses the person's records.
+    the person's orders; ``customer_crosswalk`` loses the person's records. On
+    PostgreSQL the tables are then rewritten (``VACUUM FULL``), so the deleted
+    row versions leave the table files; a DuckDB file is rebuilt by the caller
+    (:func:`crm_analytics.store.rebuild_duckdb`).
 
     Parameters
     ----------
@@ -158,7 +255,7 @@ def erase_from_store(con: BaseBackend, ids: list[str]) -> dict[str, int]:
         Table -> rows deleted (tables with none left out).
     """
     keys = _sql_list(ids)
-    tables = {name: con.table(name).columns for name in con.list_tables()}
+    tables = {name: con.table(name).columns for name in _base_tables(con)}
     orders: set[str] = set()
     for name in ("orders", "raw_orders"):
         if name in tables:
@@ -187,6 +284,12 @@ def erase_from_store(con: BaseBackend, ids: list[str]) -> dict[str, int]:
     except Exception:
         con.raw_sql("ROLLBACK")
         raise
+    if con.name == "postgres":
+        # a DELETE leaves the row versions in the table's pages until they are reused;
+        # VACUUM FULL writes each table anew from its live rows
+        for name, n in counts.items():
+            if n:
+                con.raw_sql(f'VACUUM FULL "{name}"')
     return {k: v for k, v in counts.items() if v}
 
 
@@ -273,48 +376,65 @@ def scrub_reports(reports: Path, ids: list[str]) -> int:
     return changed
 
 
-def suppress_raw(con: BaseBackend, suppressed: set[str]) -> dict[str, int]:
-    """Withhold suppressed customers' rows from the raw tables (collect stage).
+def register_suppression(duck: Any, suppression: Suppression, salt: str | None = None) -> bool:
+    """Give a DuckDB connection the suppression list, for :func:`suppressed_sql`.
+
+    The hashes and the salt go to temporary tables, which live in memory (or
+    DuckDB's temporary files) and never in the store's file.
 
     Parameters
     ----------
-    con : BaseBackend
-        DuckDB store after the sources were read into ``raw_*`` tables.
-    suppressed : set of str
-        Key hashes from the suppression list.
+    duck : duckdb.DuckDBPyConnection
+        The connection that loads the raw tables.
+    suppression : Suppression
+        From :func:`read_suppression`.
+    salt : str, optional
+        The salt; :func:`crm_analytics.report.pseudonym_salt` when omitted.
 
     Returns
     -------
-    dict
-        Raw table -> rows withheld (every raw table listed).
+    bool
+        Whether anything is suppressed (nothing is registered otherwise).
     """
-    raw = [t for t in con.list_tables() if t.startswith("raw_") and t != "raw_rejects"]
-    if not suppressed:
-        return {t: 0 for t in raw}
-    con.create_table("_suppressed", pd.DataFrame({"h": sorted(suppressed)}), overwrite=True)
-    key = f"sha256('{_HASH_PREFIX}' || trim(CAST(customer_id AS VARCHAR)))"
-    out: dict[str, int] = {}
-    with_orders = "raw_orders" in raw and "raw_order_items" in raw
-    if with_orders:
-        con.raw_sql(
-            "CREATE OR REPLACE TEMP TABLE _suppressed_orders AS SELECT DISTINCT trim(order_id) AS o "
-            f"FROM raw_orders WHERE {key} IN (SELECT h FROM _suppressed)"
-        )
-    for t in raw:
-        cols = con.table(t).columns
-        if "customer_id" in cols:
-            cond = f"{key} IN (SELECT h FROM _suppressed)"
-        elif t == "raw_order_items" and with_orders:
-            cond = "trim(order_id) IN (SELECT o FROM _suppressed_orders)"
-        else:
-            out[t] = 0
-            continue
-        n = con.sql(f"SELECT count(*) AS n FROM {t} WHERE {cond}").to_pyarrow()[0][0].as_py()
-        if n:
-            con.raw_sql(f"DELETE FROM {t} WHERE {cond}")
-        out[t] = int(n)
-    con.drop_table("_suppressed")
-    return out
+    if not suppression:
+        return False
+    duck.execute("CREATE OR REPLACE TEMP TABLE _suppressed_salt (prefix VARCHAR)")
+    prefix = f"{salt if salt is not None else pseudonym_salt()}|{_HASH_PREFIX}"
+    duck.execute("INSERT INTO _suppressed_salt VALUES (?)", [prefix])
+    for name, hashes in (("_suppressed_keys", suppression.salted),
+                         ("_suppressed_legacy", suppression.legacy)):  # fmt: skip
+        duck.register("_hashes", pd.DataFrame({"h": sorted(hashes)}, dtype=object))
+        try:
+            duck.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT CAST(h AS VARCHAR) AS h "
+                         "FROM _hashes")  # fmt: skip
+        finally:
+            duck.unregister("_hashes")
+    return True
+
+
+def suppressed_sql(column: str) -> str:
+    """Return a DuckDB condition, true when a row's key is on the suppression list.
+
+    Needs :func:`register_suppression` on the connection. A NULL key is never
+    suppressed.
+
+    Parameters
+    ----------
+    column : str
+        SQL of the key column (quoted as needed).
+
+    Returns
+    -------
+    str
+        Boolean SQL expression.
+    """
+    key = f"trim(CAST({column} AS VARCHAR))"
+    salted = f"sha256((SELECT prefix FROM _suppressed_salt) || {key})"
+    legacy = f"sha256({sql_literal(_HASH_PREFIX)} || {key})"
+    return (
+        f"coalesce({salted} IN (SELECT h FROM _suppressed_keys) "
+        f"OR {legacy} IN (SELECT h FROM _suppressed_legacy), false)"
+    )
 
 
 def forget(
@@ -322,12 +442,14 @@ def forget(
     customer_id: str,
     *,
     suppression_file: Path,
-    audit_file: Path,
     data_folders: Iterable[Path] = (),
     reports: Path | None = None,
     reason: str = "",
 ) -> dict[str, Any]:
     """Erase a customer everywhere and keep them suppressed (see the module docstring).
+
+    The caller then rebuilds a DuckDB store's file (:func:`crm_analytics.store.rebuild_duckdb`)
+    and appends the returned record to the audit log (:func:`append_audit`).
 
     Parameters
     ----------
@@ -337,8 +459,6 @@ def forget(
         One CRM key of the person.
     suppression_file : Path
         The suppression list read by the collect stage.
-    audit_file : Path
-        JSON-lines audit log (appended).
     data_folders : iterable of Path, default ()
         Export and snapshot folders to clean.
     reports : Path, optional
@@ -349,24 +469,39 @@ def forget(
     Returns
     -------
     dict
-        The audit record written.
+        The audit record.
     """
     ids = person_ids(con, customer_id)
+    # suppressed first: should anything below fail, the next run still leaves them out
+    add_to_suppression(suppression_file, [key_hash(i) for i in ids])
     store_rows = erase_from_store(con, ids)
     files = erase_from_files(data_folders, ids)
     scrubbed = scrub_reports(reports, ids) if reports is not None else 0
-    add_to_suppression(suppression_file, [key_hash(i) for i in ids])
-    record = {
+    return {
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "by": getpass.getuser(),
         "reason": reason,
         "customer_key_sha256": [key_hash(i) for i in ids],
+        "salt_id": salt_id(),
         "records": len(ids),
         "store_rows_deleted": store_rows,
         "file_rows_deleted": {Path(k).name: v for k, v in files.items()},
         "report_files_scrubbed": scrubbed,
     }
+
+
+def append_audit(audit_file: Path, record: dict[str, Any]) -> None:
+    """Append an erasure record to the JSON-lines audit log.
+
+    Parameters
+    ----------
+    audit_file : Path
+        The audit log (created with its folder if absent).
+    record : dict
+        From :func:`forget`.
+    """
     audit_file.parent.mkdir(parents=True, exist_ok=True)
     with audit_file.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return record
+        fh.flush()
+        os.fsync(fh.fileno())

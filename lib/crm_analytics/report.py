@@ -36,6 +36,40 @@ PERSONAL_COLUMNS: frozenset[str] = frozenset(c for t in TABLES.values() for c in
 """Columns never shown in a report."""
 
 
+class MissingSecret(ValueError):
+    """A secret the run needs is not set in the environment."""
+
+
+def pseudonym_salt() -> str:
+    """Return the secret salt of pseudonymous ids and erasure hashes.
+
+    There is no built-in default: with a salt anyone could know, a report's ids
+    could be reversed by hashing candidate CRM keys. ``make run``, ``make lab`` and
+    ``make test`` set ``$CRM_PSEUDONYM_SALT`` from ``.secrets/pseudonym-salt``
+    (created once, readable only by its owner) unless it is already set; a
+    scheduler sets it from its own secret store.
+
+    Returns
+    -------
+    str
+        The value of ``$CRM_PSEUDONYM_SALT``.
+
+    Raises
+    ------
+    MissingSecret
+        If the variable is unset or empty.
+    """
+    salt = os.environ.get(PSEUDONYM_SALT_ENV, "")
+    if not salt:
+        raise MissingSecret(
+            f"{PSEUDONYM_SALT_ENV} is not set: pseudonymous ids need a secret salt of your "
+            f"own, e.g. `export {PSEUDONYM_SALT_ENV}=$(openssl rand -hex 32)` (keep it: "
+            "ids and the erasure suppression list depend on it); the Makefile's targets "
+            "use .secrets/pseudonym-salt"
+        )
+    return salt
+
+
 def pseudonymise(ids: pd.Series, salt: str | None = None) -> pd.Series:
     """Map customer keys to stable pseudonymous ids (``cust_`` + 10 hex digits).
 
@@ -44,15 +78,19 @@ def pseudonymise(ids: pd.Series, salt: str | None = None) -> pd.Series:
     ids : pandas.Series
         Customer keys.
     salt : str, optional
-        Secret salt; ``$CRM_PSEUDONYM_SALT`` or a fixed default when omitted. Set
-        your own secret so that ids cannot be reversed by hashing known keys.
+        Secret salt; :func:`pseudonym_salt` (``$CRM_PSEUDONYM_SALT``) when omitted.
 
     Returns
     -------
     pandas.Series
         Pseudonymous ids, same index.
+
+    Raises
+    ------
+    MissingSecret
+        If no salt is given and ``$CRM_PSEUDONYM_SALT`` is not set.
     """
-    s = salt if salt is not None else os.environ.get(PSEUDONYM_SALT_ENV, "crm-analytics")
+    s = salt if salt is not None else pseudonym_salt()
     return ids.astype(str).map(
         lambda v: "cust_" + hashlib.sha256(f"{s}|{v}".encode()).hexdigest()[:10]
     )
@@ -576,6 +614,24 @@ def read_runs(reports: Path) -> list[RunRecord]:
     return sorted(runs, key=lambda r: (r.started_at, r.name))
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary file and a rename, so it is never seen half-written.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    text : str
+        Its content (UTF-8).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_run_list(reports: Path) -> Path:
     """Write ``reports/index.html``: every run, newest first, with its headline figures.
 
@@ -621,5 +677,5 @@ def write_run_list(reports: Path) -> Path:
 </table></body></html>
 """
     path = reports / "index.html"
-    path.write_text(body, encoding="utf-8")
+    write_atomic(path, body)  # a reader (or a concurrent run) never sees half a page
     return path

@@ -40,13 +40,14 @@ from crm_analytics.config import (
 )
 from crm_analytics.i18n import check_language, translate_notebook
 from crm_analytics.report import (
+    pseudonym_salt,
     read_runs,
     read_stage_metrics,
     render_html,
     write_index,
     write_run_list,
 )
-from crm_analytics.store import checkpoint, connect, duckdb_path, has_table
+from crm_analytics.store import checkpoint, connect, duckdb_path, has_table, rebuild_duckdb
 from crm_analytics.summary import comparison_html, summary_html
 
 KERNEL_NAME = "crm-analytics"
@@ -534,6 +535,8 @@ def _alive(pid: Any) -> bool:
 def mark_interrupted(reports: Path) -> list[str]:
     """Mark runs whose manifest says "running" but whose process is gone as interrupted.
 
+    Their exports are removed (:func:`remove_run_exports`).
+
     Parameters
     ----------
     reports : Path
@@ -553,8 +556,40 @@ def mark_interrupted(reports: Path) -> list[str]:
                 "the run's process ended before the run finished (killed?); the store was left as before it"
             )
             _write_json(run.path / "manifest.json", m)
+            remove_run_exports(m.get("parameters") or {}, run.name)
             marked.append(run.name)
     return marked
+
+
+def remove_run_exports(params: dict[str, Any], run_id: str) -> list[Path]:
+    """Remove the exports of a run that did not succeed (campaign and retention lists).
+
+    They hold personal data drawn from a store the run never committed, and no
+    report points at them.
+
+    Parameters
+    ----------
+    params : dict
+        The run's parameters (its manifest's ``parameters``).
+    run_id : str
+        The run.
+
+    Returns
+    -------
+    list of Path
+        Folders removed.
+    """
+    root = project_root()
+    removed = []
+    for stage in ("segment", "churn"):
+        folder = resolve_path(
+            str((params.get(stage) or {}).get("export_dir", "data/exports")), root
+        )
+        path = folder / run_id
+        if run_id and path.is_dir() and path.resolve().parent == folder.resolve():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 class MemoryWatch:
@@ -664,6 +699,36 @@ def hot_cells(
     return chosen
 
 
+def failure_hint(ename: str, evalue: str) -> str:
+    """Return advice for a failed cell's error, or an empty string.
+
+    Parameters
+    ----------
+    ename : str
+        The exception's class name, as the kernel reported it.
+    evalue : str
+        Its message.
+
+    Returns
+    -------
+    str
+        A sentence or two, starting with a space; ``""`` when there is no advice.
+    """
+    if "Out of Memory" in evalue:
+        return (
+            " The store's memory limit was too small for this step: raise memory_limit "
+            "(DuckDB spills to disk up to it) or run on a larger machine. The store is unchanged."
+        )
+    if "MemoryError" in ename or "Unable to allocate" in evalue:
+        return (
+            " The notebook's kernel ran out of memory in pandas, NumPy or scikit-learn (not in "
+            "the store): lower the sampled sizes (churn.model_customers, churn.max_train_rows, "
+            "segment.silhouette_sample), lower memory_limit to leave the kernel more room, or "
+            "run on a larger machine. The store is unchanged."
+        )
+    return ""
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -743,6 +808,7 @@ def run_pipeline(
     root = project_root()
     params = _absolute_paths(load_params(resolve_path(params_file, root)), root)
     check_no_secrets(params)
+    pseudonym_salt()  # fail before any stage runs, not in the first report that needs it
     language = check_language(str(params.get("report_language", "en")))
     stages = stages_to_run(from_stage, only)
     reports = resolve_path(reports_dir, root)
@@ -847,12 +913,7 @@ def _run_stages(
             entry["error"] = (
                 f"cell {exc.cell_index} (execution {exc.exec_count}): {exc.ename}: {exc.evalue}"
             )
-            hint = (
-                " The store's memory limit was too small for this step: raise memory_limit "
-                "(DuckDB spills to disk up to it) or run on a larger machine. The store is unchanged."
-                if "Out of Memory" in str(exc.evalue)
-                else ""
-            )
+            hint = failure_hint(str(exc.ename), str(exc.evalue))
             failure = StageFailed(
                 f"stage {stage} failed in notebooks/{nb_name}, cell {exc.cell_index}: "
                 f"{exc.ename}: {str(exc.evalue).splitlines()[0] if exc.evalue else ''}{hint} "
@@ -918,6 +979,9 @@ def _run_stages(
             commit_working_copy(work, store_file, key_env)
     elif work is not None:
         discard_working_copy(work)
+    if failure:
+        for gone in remove_run_exports(params, run_id):
+            say(f"removed the exports of this failed run: {gone}")
     manifest["status"] = "failed" if failure else "ok"
     _write_json(run_dir / "manifest.json", manifest)
     write_index(run_dir, manifest, metrics, previous, language)
@@ -943,8 +1007,10 @@ def forget_customer(
     """Erase a customer from the store, exports, snapshots and reports, and suppress them.
 
     Wiring of :func:`crm_analytics.erasure.forget` with a parameter file: its
-    store (locked for the duration, like a run), its export folders, its
-    snapshot folder and the collect stage's suppression list.
+    store (locked for the duration, like a run; a DuckDB file is rebuilt after
+    the deletes so that no freed page keeps the person's values), its export
+    folders, its snapshot folder and the collect stage's suppression list. The
+    audit record is appended last.
 
     Parameters
     ----------
@@ -969,11 +1035,12 @@ def forget_customer(
     StoreBusy
         If a run holds the store.
     """
-    from crm_analytics.erasure import forget
+    from crm_analytics.erasure import append_audit, forget
 
     root = project_root()
     params = _absolute_paths(load_params(resolve_path(params_file, root)), root)
     check_no_secrets(params)
+    pseudonym_salt()
     store = str(params.get("store", ""))
     key_env = str(params.get("encryption_key_env", ""))
     collect = params.get("collect") or {}
@@ -989,19 +1056,26 @@ def forget_customer(
     )
     store_file = duckdb_path(store)
     lock = (
-        store_lock(store_file, f"forget {customer_id}") if store_file else contextlib.nullcontext()
+        store_lock(store_file, f"forget {customer_id}")
+        if store_file
+        else database_lock(store, f"forget {customer_id}")
     )
     with lock:
         con = connect(store, encryption_key_env=key_env)
         try:
-            return forget(
+            record = forget(
                 con,
                 customer_id,
                 suppression_file=suppression,
-                audit_file=resolve_path(str(audit_file), root),
                 data_folders=sorted(folders),
                 reports=resolve_path(reports_dir, root),
                 reason=reason,
             )
         finally:
             con.disconnect()
+        if store_file is not None:
+            # the deleted rows' bytes stay in the file's free pages until it is rebuilt
+            rebuild_duckdb(store_file, key_env)
+            record["store_file_rebuilt"] = True
+    append_audit(resolve_path(str(audit_file), root), record)
+    return record

@@ -19,8 +19,11 @@ cluster by ``spark_master``); results come back to the store and the driver.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -441,6 +444,56 @@ def checkpoint(db_file: Path, encryption_key_env: str = "") -> None:
         con.close()
 
 
+def rebuild_duckdb(db_file: Path, encryption_key_env: str = "") -> None:
+    """Rewrite a DuckDB file from its live rows, then swap it in.
+
+    DuckDB marks the pages a DELETE or a replaced table freed for reuse but does
+    not overwrite them, so deleted values stay readable in the file. A copy of
+    the database (``COPY FROM DATABASE``) holds only the live rows; it replaces
+    the file by a rename. Call it with no other connection to the file open.
+
+    Parameters
+    ----------
+    db_file : Path
+        The DuckDB file.
+    encryption_key_env : str, default ""
+        Environment variable of its key, when encrypted (the copy is encrypted
+        with the same key).
+    """
+    import duckdb
+
+    checkpoint(db_file, encryption_key_env)  # the write-ahead log, folded in first
+    key = encryption_key(encryption_key_env)
+    fresh = db_file.with_name(f".{db_file.name}.rebuild")
+    fresh.unlink(missing_ok=True)
+    secret = "" if key is None else f"ENCRYPTION_KEY {sql_literal(key)}"
+    con = duckdb.connect(":memory:")
+    try:
+        if key is not None:
+            load_crypto(con)
+            con.execute("SET temp_file_encryption = true")
+        con.execute(f"SET temp_directory = {sql_literal(str(fresh) + '.tmp')}")
+        con.execute(
+            f"ATTACH {sql_literal(str(db_file))} AS old_store "
+            f"(READ_ONLY{', ' + secret if secret else ''})"
+        )
+        con.execute(
+            f"ATTACH {sql_literal(str(fresh))} AS new_store{f' ({secret})' if secret else ''}"
+        )
+        con.execute("COPY FROM DATABASE old_store TO new_store")
+        con.execute("DETACH new_store")
+        con.execute("DETACH old_store")
+    except BaseException:
+        con.close()
+        fresh.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(str(fresh) + ".tmp", ignore_errors=True)
+    con.close()
+    checkpoint(fresh, encryption_key_env)  # nothing may stay behind in a write-ahead log
+    os.replace(fresh, db_file)
+
+
 ENGINES: tuple[str, ...] = ("store", "spark")
 """Where the feature aggregation runs: in the store itself, or on Spark."""
 
@@ -480,11 +533,13 @@ def spark_session(
         from pyspark.sql import SparkSession
     except ImportError as exc:  # pragma: no cover - pyspark is in requirements.txt
         raise RuntimeError("engine 'spark' needs pyspark: pip install -r requirements.txt") from exc
+    warehouse = tempfile.mkdtemp(prefix="crm-spark-warehouse-")
+    atexit.register(shutil.rmtree, warehouse, True)
     settings = {
         "spark.ui.enabled": "false",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": "8",
-        "spark.sql.warehouse.dir": tempfile.mkdtemp(prefix="crm-spark-warehouse-"),
+        "spark.sql.warehouse.dir": warehouse,
         "spark.driver.memory": "2g",
     }
     if master.startswith("local"):
@@ -497,6 +552,49 @@ def spark_session(
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+EXCHANGE_OWNER = ".owner-pid"
+"""File naming the process that owns an exchange folder (see :func:`exchange_folder`)."""
+
+
+def exchange_folder(exchange_dir: str | Path = "") -> str:
+    """Return a new folder, private to this process, for the Parquet copies Spark reads.
+
+    Each call gets its own folder under ``exchange_dir`` (by default under the
+    system's temporary folder), so concurrent runs never read or overwrite each
+    other's copies. The copies hold customer data in plain Parquet, so a local
+    folder is readable by its owner only and removed when the process exits;
+    folders of processes that died without exiting (killed runs) are removed by
+    the next call. A remote ``exchange_dir`` (``s3a://``, ``hdfs://``) gets a
+    unique prefix; clean it with the storage's lifecycle rules.
+
+    Parameters
+    ----------
+    exchange_dir : str or Path, default ""
+        Parent folder; empty means ``<tmp>/crm-analytics-exchange``.
+
+    Returns
+    -------
+    str
+        The folder (or remote prefix).
+    """
+    import psutil
+
+    base = str(exchange_dir) or str(Path(tempfile.gettempdir()) / "crm-analytics-exchange")
+    if "://" in base:
+        return f"{base.rstrip('/')}/run-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    parent = Path(base)
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob("run-*"):
+        owner = old / EXCHANGE_OWNER
+        pid = owner.read_text().strip() if owner.is_file() else ""
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=parent))  # mode 0700
+    (folder / EXCHANGE_OWNER).write_text(str(os.getpid()))
+    atexit.register(shutil.rmtree, folder, True)
+    return str(folder)
 
 
 def engine_tables(
@@ -521,7 +619,8 @@ def engine_tables(
         Tables wanted.
     engine : {"store", "spark"}, default "store"
         ``store`` aggregates where the data is; ``spark`` publishes each table as
-        Parquet under ``exchange_dir`` and reads it in a Spark session.
+        Parquet in a folder of its own under ``exchange_dir`` (see
+        :func:`exchange_folder`) and reads it in a Spark session.
     spark_master : str, default "local[2]"
         Spark master (see :func:`spark_session`).
     exchange_dir : str or Path, default ""
@@ -547,9 +646,7 @@ def engine_tables(
     wanted = [n for n in names if n in present]
     if engine == "store":
         return {n: con.table(n) for n in wanted}
-    folder = str(exchange_dir) or tempfile.mkdtemp(prefix="crm-spark-tables-")
-    if "://" not in folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
+    folder = exchange_folder(exchange_dir)
     spark = ibis.pyspark.connect(spark_session(spark_master, config=spark_config))
     out = {}
     for n in wanted:
