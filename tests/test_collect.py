@@ -285,6 +285,21 @@ def test_telco_is_the_real_ibm_dataset(duck):
     assert raw.loc[first.customer_id, "signup_date"] == expected
 
 
+def test_telco_withholds_a_suppressed_subscriber_from_customers_and_contracts(duck):
+    from crm_analytics import erasure
+
+    first = collect.telco_frames()["telco_contracts"].customer_id.iloc[0]
+    suppression = erasure.Suppression(salted=frozenset({erasure.key_hash(first)}))
+    files = collect.collect_sources(
+        duck, {"customers": {"kind": "telco", "as_of": "2020-01-01"}}, suppression
+    )
+    assert files.rows.tolist() == [7043] and files.withheld.tolist() == [1]
+    contracts = duck.table("telco_contracts").to_pandas()
+    customers = duck.table("raw_customers").to_pandas()
+    assert len(contracts) == len(customers) == 7042
+    assert first not in set(contracts.customer_id) | set(customers.customer_id)
+
+
 def test_parquet_and_tsv_sources(duck, tmp_path):
     frame = pd.DataFrame({"order_id": ["P1"], "customer_id": ["C1"], "order_ts": ["2025-01-01 10:00:00"],
                           "amount": [12.5], "currency": ["CNY"], "status": ["paid"]})  # fmt: skip

@@ -157,6 +157,65 @@ def test_kill_9_mid_stage_leaves_the_store_and_reports_intact(tiny_dataset, tmp_
     assert "interrupted" in listing and "failed" in listing
 
 
+_STOP_AT_COMMIT = """
+import os, sys
+from crm_analytics import runner
+when, params, run_id, reports = sys.argv[1:]
+real = runner.commit_working_copy
+def stop(work, store, key=""):
+    if when == "after":
+        real(work, store, key)
+    # an export written by the run, as the segment and churn stages write theirs
+    exports = os.path.join(os.path.dirname(params), "exports", run_id)
+    os.makedirs(exports)
+    open(os.path.join(exports, "campaign_contacts.csv"), "w").write("customer_id\\nC1\\n")
+    os._exit(9)  # killed before or after the swap, before the manifest says ok
+runner.commit_working_copy = stop
+runner.run_pipeline(params, run_id=run_id, only="collect", reports_dir=reports, progress=False)
+"""
+
+
+@pytest.mark.pipeline
+def test_a_run_killed_while_committing_is_told_apart_by_the_store_file(tiny_dataset, tmp_path):
+    """Killed just before the swap: store and exports as before. Just after: the run's."""
+    params = _params(tiny_dataset, tmp_path)
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(params, allow_unicode=True))
+    reports, store = tmp_path / "reports", tmp_path / "store.duckdb"
+    run_pipeline(f, run_id="good", only="collect", reports_dir=reports, progress=False)
+    before = _sha(store)
+    for when in ("before", "after"):
+        proc = subprocess.run([sys.executable, "-c", _STOP_AT_COMMIT, when, str(f), when, str(reports)],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 9, proc.stderr
+        manifest = json.loads((reports / when / "manifest.json").read_text())
+        assert manifest["status"] == "committing" and manifest["commit"]["store"] == str(store)
+        if when == "before":  # never swapped in (the next run removes the working copy)
+            assert (tmp_path / ".store.duckdb.before.work").exists() and _sha(store) == before
+    after = _sha(store)
+    assert after != before  # the "after" run's working copy is the store now
+
+    assert mark_interrupted(reports) == ["after"]  # "before" was marked by the "after" run
+    killed_before = json.loads((reports / "before" / "manifest.json").read_text())
+    killed_after = json.loads((reports / "after" / "manifest.json").read_text())
+    assert killed_before["status"] == killed_after["status"] == "interrupted"
+    assert killed_before["store_committed"] is False and "left as before" in killed_before["error"]
+    assert (
+        killed_after["store_committed"] is True
+        and "hold this run's results" in killed_after["error"]
+    )
+    # the exports of the uncommitted run go; those matching the store stay
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["after"]
+    assert _sha(store) == after
+
+    # a later run replaces the store: the killed run no longer matches it
+    run_pipeline(f, run_id="later", only="collect", reports_dir=reports, progress=False)
+    assert not list(tmp_path.glob(".store.duckdb.*"))
+    from crm_analytics.runner import store_committed
+
+    assert store_committed(killed_after) is False
+
+
 @pytest.mark.pipeline
 def test_data_larger_than_the_memory_limit_fails_with_a_clear_message(tiny_dataset, tmp_path):
     """memory_limit far below the data: DuckDB's own out-of-memory error, named, and the store untouched."""

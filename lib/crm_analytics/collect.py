@@ -400,6 +400,16 @@ def _insert_raw(duck: Any, table: str, select: str, label: str) -> int:
     return int(n)
 
 
+def _create_contracts(duck: Any, contracts: pd.DataFrame) -> None:
+    """Write the contract table of the telco source, less suppressed customers' contracts."""
+    keep = f"WHERE NOT {suppressed_sql('customer_id')}" if _withholding(duck) else ""
+    duck.register("_contracts", contracts)
+    try:
+        duck.execute(f"CREATE OR REPLACE TABLE telco_contracts AS SELECT * FROM _contracts {keep}")
+    finally:
+        duck.unregister("_contracts")
+
+
 def _withheld_of(duck: Any, label: str) -> int:
     """Return the rows of source ``label`` withheld by :func:`_insert_raw`."""
     if not _withholding(duck):
@@ -1064,7 +1074,7 @@ def _load_each_source(
         elif kind == "telco":
             frames = telco_frames(str(s.get("as_of", "2020-01-01")))
             rows = _load_frame(duck, "customers", frames["customers"])
-            con.create_table("telco_contracts", frames["telco_contracts"], overwrite=True)
+            _create_contracts(duck, frames["telco_contracts"])
             digest = hashlib.sha256(
                 pd.util.hash_pandas_object(frames["telco_contracts"]).values.tobytes()
             ).hexdigest()

@@ -535,7 +535,10 @@ def _alive(pid: Any) -> bool:
 def mark_interrupted(reports: Path) -> list[str]:
     """Mark runs whose manifest says "running" but whose process is gone as interrupted.
 
-    Their exports are removed (:func:`remove_run_exports`).
+    Their exports are removed (:func:`remove_run_exports`), unless the run was
+    killed while committing after its store had been swapped in
+    (:func:`store_committed`): then the store and the exports are that run's, and
+    the manifest says so (``store_committed``).
 
     Parameters
     ----------
@@ -550,15 +553,50 @@ def mark_interrupted(reports: Path) -> list[str]:
     marked = []
     for run in read_runs(reports):
         m = run.manifest
-        if m.get("status") == "running" and not _alive(m.get("pid")):
-            m["status"] = "interrupted"
+        if m.get("status") not in ("running", "committing") or _alive(m.get("pid")):
+            continue
+        m["status"] = "interrupted"
+        m["store_committed"] = committed = store_committed(m)
+        if committed:
             m["error"] = (
-                "the run's process ended before the run finished (killed?); the store was left as before it"
+                "the run's process ended after its store was swapped in and before its reports "
+                "were finished (killed?): the store and the exports hold this run's results"
             )
-            _write_json(run.path / "manifest.json", m)
+        else:
+            m["error"] = (
+                "the run's process ended before the run finished (killed?); the store was left "
+                "as before it"
+            )
             remove_run_exports(m.get("parameters") or {}, run.name)
-            marked.append(run.name)
+        _write_json(run.path / "manifest.json", m)
+        marked.append(run.name)
     return marked
+
+
+def store_committed(manifest: dict[str, Any]) -> bool:
+    """Return whether a run that stopped while committing had swapped its store in.
+
+    The runner records the working copy's inode before the swap
+    (``manifest["commit"]``); :func:`os.replace` keeps it, so the store's file
+    has that inode exactly when the swap happened (and no later run replaced it).
+
+    Parameters
+    ----------
+    manifest : dict
+        The run's manifest.
+
+    Returns
+    -------
+    bool
+        True when the store's file is the run's working copy.
+    """
+    commit = manifest.get("commit") or {}
+    if manifest.get("status") not in ("committing", "interrupted") or not commit:
+        return False
+    try:
+        return os.stat(commit["store"]).st_ino == commit["inode"]
+    except (OSError, KeyError, TypeError):
+        return False
 
 
 def remove_run_exports(params: dict[str, Any], run_id: str) -> list[Path]:
@@ -976,6 +1014,11 @@ def _run_stages(
             )
             manifest["comparison"] = "comparison.html"
         if work is not None and store_file is not None and work.exists():
+            # a run killed from here on is told apart by the store's file: the working
+            # copy's inode is the store's once the swap is done (see mark_interrupted)
+            manifest["status"] = "committing"
+            manifest["commit"] = {"store": str(store_file), "inode": work.stat().st_ino}
+            _write_json(run_dir / "manifest.json", manifest)
             commit_working_copy(work, store_file, key_env)
     elif work is not None:
         discard_working_copy(work)
