@@ -120,6 +120,36 @@ def test_collect_withholds_suppressed_customers_before_anything_reaches_the_file
     assert b"li.na@example.cn" in data
 
 
+@pytest.mark.parametrize("through_ibis", [False, True])
+def test_a_database_source_withholds_suppressed_customers(tmp_path, monkeypatch, through_ibis):
+    """DuckDB's scanner reads the table twice (keys, then rows); an Arrow stream once."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "crm.sqlite")
+    db.execute("CREATE TABLE customers (customer_id TEXT, name TEXT, signup_date TEXT)")
+    db.executemany("INSERT INTO customers VALUES (?, ?, ?)",
+                   [("C1", "Zhang Weiqiang", "2024-01-01"), ("C2", "Li Na", "2024-01-02"),
+                    (" C1", "Zhang W.", "2024-01-05"), (None, "Nobody", "2024-01-03")])  # fmt: skip
+    db.commit()
+    db.close()
+    if through_ibis:
+        monkeypatch.setattr(collect, "_native_source", lambda *a: None)
+    con = ibis.duckdb.connect()
+    suppression = erasure.Suppression(salted=frozenset({erasure.key_hash("C1")}))
+    sources = {
+        "customers": {
+            "kind": "sql",
+            "url": f"sqlite:///{tmp_path}/crm.sqlite",
+            "table": "customers",
+        }
+    }
+    files = collect.collect_sources(con, sources, suppression)
+    raw = con.table("raw_customers").to_pandas().sort_values("_source_row")
+    assert files.rows.tolist() == [4] and files.withheld.tolist() == [2]
+    # numbered in key order (" C1", "C1", "C2", NULL) before the two rows of C1 are withheld
+    assert raw.customer_id.tolist() == ["C2", None] and raw._source_row.tolist() == [3, 4]
+
+
 def test_suppression_list_is_salted_and_refuses_a_list_of_another_salt(tmp_path):
     f = tmp_path / "suppression.csv"
     h = erasure.key_hash(" C1 ", salt="salt-one")

@@ -365,12 +365,14 @@ def _withholding(duck: Any) -> bool:
     )
 
 
-def _insert_raw(duck: Any, table: str, select: str, label: str) -> int:
+def _insert_raw(duck: Any, table: str, select: str, label: str, once: bool = False) -> int:
     """Append the rows of ``select`` to ``raw_<table>``, less those of suppressed customers.
 
     Rows of customers on the suppression list (for ``order_items``: lines of their
-    orders) go to a temporary table first and never reach the store's file; their
-    number is recorded per source in the temporary table ``_withheld``.
+    orders) never reach the store's file; their number is recorded per source in
+    the temporary table ``_withheld``. ``select`` is read twice, first for the keys
+    only, unless ``once`` says it can be read only once (an Arrow stream): then it is
+    staged in a temporary table.
 
     Returns
     -------
@@ -381,22 +383,33 @@ def _insert_raw(duck: Any, table: str, select: str, label: str) -> int:
     if not (keyed or table == "order_items") or not _withholding(duck):
         duck.execute(f"INSERT INTO raw_{table} {select}")
         return 0
-    if keyed:
-        held = suppressed_sql("customer_id")
+    if once:
+        duck.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {select}")
+        select = "SELECT * FROM _incoming"
+    # a first pass reads only the key column (the scans push the projection down); the
+    # rows are then filtered as they are inserted, so none is staged anywhere
+    if keyed:  # each distinct key is hashed once, not each row
+        key = "trim(CAST(customer_id AS VARCHAR))"
+        duck.execute(
+            "CREATE OR REPLACE TEMP TABLE _held_keys AS SELECT k, n FROM (SELECT "
+            f"{key} AS k, count(*) AS n FROM ({select}) s GROUP BY ALL) WHERE {suppressed_sql('k')}"
+        )
+        held = f"coalesce({key} IN (SELECT k FROM _held_keys), false)"
+        n = duck.execute("SELECT coalesce(sum(n), 0) FROM _held_keys").fetchone()[0]
     else:  # order lines: those of the orders withheld before (orders load first)
         held = "coalesce(trim(order_id) IN (SELECT o FROM _withheld_orders), false)"
-    duck.execute(
-        f"CREATE OR REPLACE TEMP TABLE _incoming AS SELECT s.*, {held} AS _held FROM ({select}) s"
-    )
-    duck.execute(f"INSERT INTO raw_{table} SELECT * EXCLUDE (_held) FROM _incoming WHERE NOT _held")
-    n = duck.execute("SELECT count(*) FROM _incoming WHERE _held").fetchone()[0]
+        n = duck.execute(f"SELECT count(*) FROM ({select}) s WHERE {held}").fetchone()[0]
+    if n:
+        duck.execute(f"INSERT INTO raw_{table} SELECT * FROM ({select}) s WHERE NOT {held}")
+    else:
+        duck.execute(f"INSERT INTO raw_{table} {select}")
     if table == "orders" and n:
         duck.execute(
-            "INSERT INTO _withheld_orders SELECT DISTINCT trim(order_id) FROM _incoming "
-            "WHERE _held AND order_id IS NOT NULL"
+            f"INSERT INTO _withheld_orders SELECT DISTINCT trim(order_id) FROM ({select}) s "
+            f"WHERE {held} AND order_id IS NOT NULL"
         )
     duck.execute("INSERT INTO _withheld VALUES (?, ?)", [label, int(n)])
-    duck.execute("DROP TABLE _incoming")
+    duck.execute("DROP TABLE IF EXISTS _held_keys; DROP TABLE IF EXISTS _incoming")
     return int(n)
 
 
@@ -734,6 +747,7 @@ def _load_sql_through_ibis(
             f"SELECT {', '.join(items)}, {sql_literal(label)}, row_number() OVER () "
             "FROM _sql_batches",
             label,
+            once=True,
         )
     finally:
         duck.unregister("_sql_batches")
@@ -998,7 +1012,7 @@ def collect_sources(
 
 def _drop_suppression(duck: Any) -> None:
     """Drop the temporary tables of a load that withheld suppressed customers."""
-    for name in ("_withheld", "_withheld_orders", "_incoming", *SUPPRESSION_TABLES):
+    for name in ("_withheld", "_withheld_orders", "_held_keys", "_incoming", *SUPPRESSION_TABLES):
         duck.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
 
