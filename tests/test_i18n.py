@@ -111,3 +111,21 @@ def test_churn_feature_labels_are_translated():
     labels = [*churn.FEATURE_LABELS.values(), churn.feature_label("orders_30d"), churn.feature_label("spend_90d"),
               churn.feature_label("share_app"), churn.feature_label("orders_trend_180d")]  # fmt: skip
     assert [t for t in labels if i18n.untranslated(i18n.translate(t, "zh"))] == []
+
+
+def test_budget_curve_texts_are_all_translated():
+    targets = pd.DataFrame({"contacted": [1, 2, 3], "cumulative_value": [5.0, 8.0, 7.0]})
+    try:
+        report.set_language("zh")
+        ax = plots.plot_budget_curve(targets)
+        texts = [
+            ax.get_title(),
+            ax.get_xlabel(),
+            ax.get_ylabel(),
+            *(t.get_text() for t in ax.texts),
+        ]
+        assert [t for t in texts if i18n.untranslated(t)] == []
+        assert "联系 2 位" in ax.texts[0].get_text()  # the best number of contacts, filled in
+    finally:
+        report.set_language("en")
+        plt.close("all")
