@@ -14,6 +14,8 @@ same store, checks both give the same rows, and prints our time / bare time.
     .venv/bin/python bench/run.py                      # 20k, 200k and 1M customers
     .venv/bin/python bench/run.py --customers 20000    # one size
     .venv/bin/python bench/run.py --engine spark       # also the features on local Spark
+    .venv/bin/python bench/run.py --engine postgres --engine-url postgresql://u@127.0.0.1/db
+                                                       # also the features on PostgreSQL
     .venv/bin/python bench/run.py --generate-only      # only the data
 
 Stores and reports go to ``data/bench/`` so benchmark runs never become
@@ -172,11 +174,25 @@ def run_pipeline(n: int, memory_limit: str | None) -> dict[str, Any]:
     return {"wall": wall, "manifest": manifest, "children_peak_mb": children}
 
 
-def time_features(n: int, cutoff: str, engine: str) -> dict[str, Any]:
+def _same_rows(a: Any, b: Any) -> bool:
+    """Return whether two feature frames hold the same rows (floats to 1e-9), in any order."""
+    import pandas as pd
+
+    key = a.columns[0]
+    a = a.sort_values(key).reset_index(drop=True)
+    b = b[a.columns].sort_values(key).reset_index(drop=True)
+    return len(a) == len(b) and all(
+        (a[c].fillna(-1) == b[c].fillna(-1)).all()
+        if not pd.api.types.is_float_dtype(a[c])
+        else ((a[c] - b[c].astype(float)).abs().fillna(0) < 1e-9).all()
+        for c in a.columns
+    )
+
+
+def time_features(n: int, cutoff: str, engine: str, engine_url: str = "") -> dict[str, Any]:
     """Time the per-customer features as ibis and as bare SQL on the store of size ``n``."""
     import duckdb
     import ibis
-    import pandas as pd
 
     from crm_analytics import features, store
 
@@ -201,13 +217,7 @@ def time_features(n: int, cutoff: str, engine: str) -> dict[str, Any]:
         out[label] = min(times[1:])
     raw.close()
     a = ours.to_pandas()
-    b = bare.to_pandas()[a.columns]
-    same = len(a) == len(b) and all(
-        (a[c].fillna(-1) == b[c].fillna(-1)).all()
-        if not pd.api.types.is_float_dtype(a[c])
-        else ((a[c] - b[c].astype(float)).abs().fillna(0) < 1e-9).all()
-        for c in a.columns
-    )
+    same = _same_rows(a, bare.to_pandas())
     out.update(rows=len(a), same=bool(same), ratio=out["ibis"] / out["bare"])
     if engine == "spark":
         t0 = time.perf_counter()
@@ -219,6 +229,19 @@ def time_features(n: int, cutoff: str, engine: str) -> dict[str, Any]:
             on_spark["tickets"], on_spark["surveys"],
         ).to_pyarrow()  # fmt: skip
         out["spark"] = time.perf_counter() - t0
+    if engine == "postgres":
+        t0 = time.perf_counter()
+        on_pg = store.engine_tables(con, FEATURE_TABLES, engine="postgres", engine_url=engine_url)
+        out["postgres_copy"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        on_server = store.to_frame(
+            features.customer_features(
+                on_pg["orders"], cutoff, on_pg["customers"], on_pg["events"],
+                on_pg["tickets"], on_pg["surveys"],
+            )
+        )  # fmt: skip
+        out["postgres"] = time.perf_counter() - t0
+        out["postgres_same"] = bool(_same_rows(a, on_server))
     con.disconnect()
     return out
 
@@ -234,7 +257,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--customers", type=int, nargs="+", default=list(SIZES))
-    ap.add_argument("--engine", choices=["store", "spark"], default="store")
+    ap.add_argument("--engine", choices=["store", "spark", "postgres"], default="store")
+    ap.add_argument(
+        "--engine-url",
+        default=os.environ.get("CRM_BENCH_POSTGRES_URL", ""),
+        help="PostgreSQL URL for --engine postgres (default: $CRM_BENCH_POSTGRES_URL)",
+    )
     ap.add_argument("--features-only", action="store_true", help="skip the pipeline run")
     ap.add_argument(
         "--rate-scale",
@@ -268,7 +296,7 @@ def main() -> None:
         result: dict[str, Any] = {"customers": n, "rows": rows}
         if not args.features_only:
             result.update(run_pipeline(n, args.memory_limit), memory_limit=args.memory_limit)
-        result["features"] = time_features(n, cutoff, args.engine)
+        result["features"] = time_features(n, cutoff, args.engine, args.engine_url)
         table.append(result)
         (BENCH / f"result-{n}.json").write_text(json.dumps(result, indent=2, default=str))
     if not table:  # --generate-only
@@ -327,6 +355,11 @@ def main() -> None:
             f"{r['customers']:>9,}: ibis {f['ibis']:.2f} s, bare DuckDB SQL {f['bare']:.2f} s, "
             f"ratio {f['ratio']:.2f}, {f['rows']:,} rows, same result: {'yes' if f['same'] else 'NO'}"
         )
+        if "postgres" in f:
+            line += (
+                f"; PostgreSQL {f['postgres']:.2f} s (+ {f['postgres_copy']:.1f} s copying the "
+                f"tables), same result: {'yes' if f['postgres_same'] else 'NO'}"
+            )
         if "spark" in f:
             line += (
                 f"; Spark local[2] {f['spark']:.2f} s (+ {f['spark_export']:.1f} s Parquet export)"

@@ -17,6 +17,32 @@ def test_load_params_requires_store(tmp_path):
         config.load_params(f)
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"store": "postgresql://analyst@db/crm"},
+            "'store' must be a DuckDB file, not a database URL",
+        ),
+        ({"store": ":memory:"}, "'store' must be a DuckDB file, not ':memory:'"),
+        ({"store": "s.duckdb", "engine": "dask"}, "'engine' must be store, spark or postgres"),
+        ({"store": "s.duckdb", "engine": "postgres"}, "'engine: postgres' needs 'engine_url"),
+        ({"store": "s.duckdb", "engine": "postgres", "engine_url": ""}, "needs 'engine_url"),
+    ],
+)
+def test_load_params_refuses_stores_and_engines_the_stages_cannot_use(tmp_path, settings, message):
+    """A database URL as the store, an unknown engine or a PostgreSQL engine without a URL
+    stop before any stage runs, naming the file and what to set instead."""
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ValueError, match=message) as err:
+        config.load_params(f)
+    assert str(f) in str(err.value)
+    settings.update(engine="postgres", engine_url="postgresql://analyst@db/crm", store="s.duckdb")
+    f.write_text(yaml.safe_dump(settings))
+    assert config.load_params(f)["engine"] == "postgres"
+
+
 def test_load_params_rejects_non_mapping_section(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("store: x.duckdb\nchurn: [1, 2]\n")

@@ -1,8 +1,8 @@
 """The same feature expressions give the same answers on DuckDB, PostgreSQL and Spark.
 
 The clean tables come from collecting and cleaning a small generated dataset;
-the store (DuckDB) then serves them as they are, a real PostgreSQL holds copies,
-and a local Spark session (master local[2], bound to 127.0.0.1, UI off) reads
+the store (DuckDB) then serves them as they are, a real PostgreSQL gets copies
+in a schema of its own (``engine: postgres``), and a local Spark session (master local[2], bound to 127.0.0.1, UI off) reads
 them as Parquet through :func:`crm_analytics.store.engine_tables`.
 """
 
@@ -22,10 +22,7 @@ CUTOFF = "2026-06-30"
 @pytest.fixture(scope="module")
 def engines(clean_store, postgres_url, tmp_path_factory):
     """The clean tables on each engine: store (DuckDB), PostgreSQL and Spark."""
-    pg = ibis.connect(postgres_url)
-    for name in TABLES:
-        pg.create_table(f"eng_{name}", clean_store.table(name).to_pyarrow(), overwrite=True)
-    on_pg = {name: pg.table(f"eng_{name}") for name in TABLES}
+    on_pg = store.engine_tables(clean_store, TABLES, engine="postgres", engine_url=postgres_url)
     on_spark = store.engine_tables(
         clean_store, TABLES, engine="spark", exchange_dir=tmp_path_factory.mktemp("parquet")
     )
@@ -34,8 +31,6 @@ def engines(clean_store, postgres_url, tmp_path_factory):
         "postgres": on_pg,
         "spark": on_spark,
     }
-    for name in TABLES:
-        pg.drop_table(f"eng_{name}")
     store.spark_session().stop()
 
 

@@ -516,26 +516,25 @@ def test_same_data_and_parameters_give_identical_tables(run, zh_run):
     assert compared > 30
 
 
-@pytest.mark.spark
-def test_segment_stage_on_spark_writes_the_same_tables(run, tmp_path):
-    """engine: spark runs the segment notebook's aggregation on local Spark with the same result."""
+def _segment_on_engine(run, tmp_path, engine, **settings):
+    """Run the segment stage of the tiny run's store again on ``engine``; compare its tables."""
     tmp, _, _ = run
     shutil.copyfile(tmp / "store-r1.duckdb", tmp_path / "store.duckdb")
     params = yaml.safe_load((tmp / "tiny.yaml").read_text())
-    params.update(store=str(tmp_path / "store.duckdb"), engine="spark")
+    params.update(store=str(tmp_path / "store.duckdb"), engine=engine, **settings)
     params["segment"]["export_dir"] = str(tmp_path / "exports")
     params["report"]["snapshot_dir"] = str(tmp_path / "snapshots")
-    params_file = tmp_path / "spark.yaml"
+    params_file = tmp_path / f"{engine}.yaml"
     params_file.write_text(yaml.safe_dump(params, allow_unicode=True))
     run_dir = run_pipeline(
         params_file,
-        run_id="spark",
+        run_id=engine,
         only="segment",
         reports_dir=tmp_path / "reports",
         progress=False,
     )
     injected = json.loads((run_dir / "manifest.json").read_text())["parameters"]
-    assert injected["engine"] == "spark"
+    assert injected["engine"] == engine
     a = ibis.duckdb.connect(str(tmp / "store-r1.duckdb"), read_only=True)
     b = ibis.duckdb.connect(str(tmp_path / "store.duckdb"), read_only=True)
     for name in ("customer_segments", "behaviour_signals", "association_rules"):
@@ -547,3 +546,25 @@ def test_segment_stage_on_spark_writes_the_same_tables(run, tmp_path):
         pd.testing.assert_frame_equal(fa, fb, obj=name)
     a.disconnect()
     b.disconnect()
+
+
+@pytest.mark.spark
+def test_segment_stage_on_spark_writes_the_same_tables(run, tmp_path):
+    """engine: spark runs the segment notebook's aggregation on local Spark with the same result."""
+    _segment_on_engine(run, tmp_path, "spark")
+
+
+@pytest.mark.postgres
+def test_segment_stage_on_postgres_writes_the_same_tables(run, tmp_path, postgres_url):
+    """engine: postgres runs the segment notebook's aggregation on a real PostgreSQL server
+    with the same result, and leaves no copy of the clean tables there."""
+    from tests.test_postgres import _engine_schemas
+
+    before = _engine_schemas(postgres_url)
+    _segment_on_engine(run, tmp_path, "postgres", engine_url=postgres_url)
+    assert _engine_schemas(postgres_url) == before  # the kernel's schema went with it
+    executed = json.loads((tmp_path / "reports" / "postgres" / "03_segment.ipynb").read_text())
+    injected = next(c for c in executed["cells"]
+                    if "injected-parameters" in c["metadata"].get("tags", []))  # fmt: skip
+    assert 'engine = "postgres"' in "".join(injected["source"])
+    assert "crm_engine_" not in json.dumps(executed)  # the schema's name is not in the report

@@ -1,5 +1,6 @@
 """The same ibis feature expressions give the same answers on DuckDB and on a real PostgreSQL;
-runs on a PostgreSQL store are locked against each other."""
+PostgreSQL sources read by DuckDB equal the ibis read; ``engine: postgres`` works in a
+private schema that never outlives its session."""
 
 import time
 
@@ -121,57 +122,100 @@ def test_postgres_and_duckdb_sources_give_identical_clean_tables(
     pg.drop_table("shop_orders")
 
 
-def test_runs_on_a_database_store_are_locked_until_the_holder_ends(postgres_url, tmp_path):
-    """A second run on the same PostgreSQL store stops, naming the first; a killed holder frees it."""
+def _engine_schemas(url):
+    con = ibis.connect(url)
+    try:
+        rows = con.sql(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'crm_engine_')"
+        ).to_pandas()
+        return set(rows.nspname)
+    finally:
+        con.disconnect()
+
+
+def test_postgres_engine_copies_tables_into_a_private_schema_dropped_with_its_session(
+    postgres_url, tmp_path
+):
+    """engine: postgres copies the store's tables into a schema of its own; a session
+    that ends without dropping it (kill -9) has it dropped by the next one."""
     import signal
     import subprocess
     import sys
 
-    import yaml
+    from crm_analytics import store
 
-    from crm_analytics import config
-    from crm_analytics.runner import StoreBusy, database_lock, run_pipeline
+    duck = ibis.duckdb.connect(str(tmp_path / "s.duckdb"))
+    frame = pd.DataFrame({"customer_id": ["C1", "C2", "C3"], "amount": [1.5, 2.0, None],
+                          "order_ts": pd.to_datetime(["2026-01-01 00:00", "2026-02-01 10:30", None])})  # fmt: skip
+    duck.create_table("orders", frame)
+    before = _engine_schemas(postgres_url)
+    tables = store.engine_tables(duck, ["orders", "absent"], engine="postgres",
+                                 engine_url=postgres_url)  # fmt: skip
+    assert list(tables) == ["orders"]  # tables the store does not hold are left out
+    mine = _engine_schemas(postgres_url) - before
+    assert len(mine) == 1
+    back = tables["orders"].to_pandas().sort_values("customer_id").reset_index(drop=True)
+    back["order_ts"] = back.order_ts.astype("datetime64[us]")
+    assert_frame_equal(back, frame.astype({"order_ts": "datetime64[us]"}), check_dtype=False)
+    assert tables["orders"].get_backend().name == "postgres"
+    admin = ibis.connect(postgres_url)
+    admin.raw_sql("DROP ROLE IF EXISTS crm_other_analyst")
+    admin.raw_sql("CREATE ROLE crm_other_analyst LOGIN")
+    other_role = ibis.connect(postgres_url.replace("postgres@", "crm_other_analyst@"))
+    with pytest.raises(Exception, match="permission denied for schema"):
+        other_role.sql(f'SELECT * FROM "{next(iter(mine))}".orders').to_pandas()
+    other_role.disconnect()
+    admin.raw_sql("DROP ROLE crm_other_analyst")
+    admin.disconnect()
 
-    with database_lock(postgres_url, "first"):
-        with pytest.raises(StoreBusy, match=r"crm-analytics first, server process \d+"):
-            with database_lock(postgres_url, "second"):
-                pass
-        params = config.load_params(config.project_root() / "params" / "default.yaml")
-        params["store"] = postgres_url
-        f = tmp_path / "p.yaml"
-        f.write_text(yaml.safe_dump(params, allow_unicode=True))
-        with pytest.raises(StoreBusy, match="in use by another run"):
-            run_pipeline(
-                f, run_id="late", only="forecast", reports_dir=tmp_path / "r", progress=False
-            )
-        assert not (tmp_path / "r" / "late").exists()  # stopped before anything ran
-    with database_lock(postgres_url, "after"):  # released when the holder finished
-        pass
+    # a second session does not touch a live session's schema
+    other, other_schema = store.postgres_engine(postgres_url)
+    assert mine <= _engine_schemas(postgres_url)
 
+    # a process killed while holding its schema: the schema stays until the next session
     hold = (
-        "import sys, time\nfrom crm_analytics.runner import database_lock\n"
-        "with database_lock(sys.argv[1], 'killed'):\n    print('held', flush=True)\n    time.sleep(120)\n"
+        "import sys, time\nfrom crm_analytics import store\n"
+        "pg, schema = store.postgres_engine(sys.argv[1])\n"
+        "pg.raw_sql(f'CREATE TABLE \"{schema}\".orders AS SELECT 1 AS x')\n"
+        "print(schema, flush=True)\ntime.sleep(120)\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", hold, postgres_url], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", hold, postgres_url], stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
     try:
-        assert proc.stdout.readline().strip() == "held"
-        with pytest.raises(StoreBusy, match="crm-analytics killed"):
-            with database_lock(postgres_url, "while-held"):
-                pass
+        killed = proc.stdout.readline().strip()
+        assert killed in _engine_schemas(postgres_url)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         proc.kill()
     deadline = time.monotonic() + 20
-    while True:  # the server ends the dead session's lock as soon as it sees the socket close
-        try:
-            with database_lock(postgres_url, "next"):
-                break
-        except StoreBusy:
-            assert time.monotonic() < deadline, "the killed run's lock was never released"
-            time.sleep(0.2)
+    while killed in _engine_schemas(postgres_url):
+        third, _ = store.postgres_engine(postgres_url)  # drops schemas whose session is gone
+        third.disconnect()
+        assert time.monotonic() < deadline, "the killed session's schema was never dropped"
+        time.sleep(0.2)
+    assert mine <= _engine_schemas(postgres_url) and other_schema in _engine_schemas(postgres_url)
+
+    # on exit each process drops its own schemas
+    exit_script = (
+        "import sys\nfrom crm_analytics import store\n"
+        "pg, schema = store.postgres_engine(sys.argv[1])\nprint(schema)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", exit_script, postgres_url],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.strip().startswith("crm_engine_")
+    assert done.stdout.strip() not in _engine_schemas(postgres_url)
+    other.disconnect()
+
+
+def test_postgres_engine_needs_a_postgresql_url():
+    from crm_analytics import store
+
+    duck = ibis.duckdb.connect()
+    duck.create_table("orders", pd.DataFrame({"x": [1]}))
+    for url in ("", "sqlite:///x.db"):
+        with pytest.raises(ValueError, match="engine 'postgres' needs engine_url"):
+            store.engine_tables(duck, ["orders"], engine="postgres", engine_url=url)
 
 
 def test_postgres_read_by_duckdb_equals_the_ibis_read(postgres_url, monkeypatch):
@@ -206,58 +250,3 @@ def test_postgres_read_by_duckdb_equals_the_ibis_read(postgres_url, monkeypatch)
     assert list(c.province) == ["2025-03-01 00:00:00", None, "2025-01-01 10:00:00.25"]
     assert list(c.country) == [None, "false", "true"] and list(c.signup_date)[1] == "2024-12-01"
     pg.raw_sql("DROP TABLE scanner_people")
-
-
-def test_forget_on_a_database_store_is_locked_deletes_and_rewrites_the_tables(
-    postgres_url, tmp_path
-):
-    """On PostgreSQL the deleted row versions leave the table files (VACUUM FULL), under the run lock."""
-    import yaml
-
-    from crm_analytics import config, erasure
-    from crm_analytics.runner import StoreBusy, database_lock, forget_customer
-
-    admin = ibis.connect(postgres_url)
-    admin.raw_sql("DROP DATABASE IF EXISTS forget_store")
-    admin.raw_sql("CREATE DATABASE forget_store")
-    admin.disconnect()
-    url = postgres_url.rsplit("/", 1)[0] + "/forget_store"
-    con = ibis.connect(url)
-    con.create_table("customers", pd.DataFrame({"customer_id": ["C1", "C2"],
-                                                "email": ["c1@example.cn", "c2@example.cn"]}))  # fmt: skip
-    con.create_table(
-        "orders", pd.DataFrame({"order_id": ["O1", "O2"], "customer_id": ["C1", "C2"]})
-    )
-    con.create_table("products", pd.DataFrame({"sku": ["A"]}))
-
-    def files():
-        rows = con.sql(
-            "SELECT relname, relfilenode FROM pg_class WHERE relname IN "
-            "('customers', 'orders', 'products')"
-        ).to_pandas()
-        return dict(zip(rows.relname, rows.relfilenode, strict=True))
-
-    before = files()
-    con.disconnect()
-    params = config.load_params(config.project_root() / "params" / "default.yaml")
-    params["store"] = url
-    params["collect"]["suppression_file"] = str(tmp_path / "suppression.csv")
-    params["report"]["snapshot_dir"] = str(tmp_path / "snapshots")
-    for stage in ("segment", "churn"):
-        params[stage]["export_dir"] = str(tmp_path / "exports")
-    f = tmp_path / "p.yaml"
-    f.write_text(yaml.safe_dump(params, allow_unicode=True))
-    audit = tmp_path / "audit.jsonl"
-    with database_lock(url, "a run"), pytest.raises(StoreBusy):
-        forget_customer(f, "C1", reports_dir=tmp_path / "r", audit_file=audit)
-    assert not audit.exists()
-    record = forget_customer(f, "C1", reports_dir=tmp_path / "r", audit_file=audit)
-    assert record["store_rows_deleted"] == {"customers": 1, "orders": 1}
-    assert "store_file_rebuilt" not in record  # no file here: the server rewrote the tables
-    con = ibis.connect(url)
-    after = files()
-    assert con.table("customers").customer_id.to_pyarrow().to_pylist() == ["C2"]
-    con.disconnect()
-    assert after["customers"] != before["customers"] and after["orders"] != before["orders"]
-    assert after["products"] == before["products"]  # tables without the person are left alone
-    assert erasure.read_suppression(tmp_path / "suppression.csv").salted == {erasure.key_hash("C1")}

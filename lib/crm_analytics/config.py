@@ -103,7 +103,9 @@ def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
     FileNotFoundError
         If the file does not exist.
     ValueError
-        If the file is not a mapping, lacks ``store``, or a stage section is not a mapping.
+        If the file is not a mapping, its ``store`` is not a DuckDB file, its
+        ``engine`` is unknown (or ``postgres`` without ``engine_url``), or a stage
+        section is not a mapping.
     """
     file = Path(path)
     if not file.is_file():
@@ -113,7 +115,23 @@ def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ValueError(f"{file}: a parameter file must be a mapping, got {type(params).__name__}")
     if "store" not in params:
-        raise ValueError(f"{file}: missing required key 'store' (DuckDB file or database URL)")
+        raise ValueError(f"{file}: missing required key 'store' (the DuckDB file of the store)")
+    store = str(params["store"])
+    if "://" in store or store in ("", ":memory:"):
+        raise ValueError(
+            f"{file}: 'store' must be a DuckDB file, not {'a database URL' if '://' in store else repr(store)}: "
+            "the stages read sources and clean them with DuckDB's own readers and functions. "
+            "To run the feature aggregation on PostgreSQL, set 'engine: postgres' and "
+            "'engine_url: postgresql://user@host:5432/db'"
+        )
+    engine = str(params.get("engine", "store"))
+    if engine not in ("store", "spark", "postgres"):
+        raise ValueError(f"{file}: 'engine' must be store, spark or postgres, not {engine!r}")
+    if engine == "postgres" and "://" not in str(params.get("engine_url", "")):
+        raise ValueError(
+            f"{file}: 'engine: postgres' needs 'engine_url: postgresql://user@host:5432/db' "
+            "(the password from PGPASSWORD or ~/.pgpass, never in the file)"
+        )
     for stage in STAGES:
         section = params.setdefault(stage, {})
         if section is None:

@@ -10,9 +10,8 @@ China's PIPL and the EU's GDPR give people this right):
    (a failure in a later step cannot bring them back);
 3. deletes their rows from every table in the store that has a ``customer_id``
    (raw, clean and derived) and the lines of their orders, in one transaction;
-   a DELETE leaves the bytes in the database's free pages, so a DuckDB store's
-   file is then rebuilt from its live rows, and a PostgreSQL store's tables are
-   rewritten (``VACUUM FULL``);
+   a DELETE leaves the bytes in the database's free pages, so the store's
+   DuckDB file is then rebuilt from its live rows;
 4. removes their rows from exports and per-run snapshots under ``data/``;
 5. replaces their pseudonymous id in earlier reports with ``cust_erased``; and
 6. appends an audit line (when, by whom, why, how many rows where).
@@ -237,15 +236,14 @@ def erase_from_store(con: BaseBackend, ids: list[str]) -> dict[str, int]:
 
     Tables with a ``customer_id`` column lose the person's rows (raw keys are
     compared trimmed); ``order_items`` and ``raw_order_items`` lose the lines of
-    the person's orders; ``customer_crosswalk`` loses the person's records. On
-    PostgreSQL the tables are then rewritten (``VACUUM FULL``), so the deleted
-    row versions leave the table files; a DuckDB file is rebuilt by the caller
+    the person's orders; ``customer_crosswalk`` loses the person's records. The
+    deleted bytes stay in the file's free pages until the caller rebuilds it
     (:func:`crm_analytics.store.rebuild_duckdb`).
 
     Parameters
     ----------
     con : BaseBackend
-        The store (DuckDB or PostgreSQL).
+        The store.
     ids : list of str
         The person's CRM keys (:func:`person_ids`).
 
@@ -284,12 +282,6 @@ def erase_from_store(con: BaseBackend, ids: list[str]) -> dict[str, int]:
     except Exception:
         con.raw_sql("ROLLBACK")
         raise
-    if con.name == "postgres":
-        # a DELETE leaves the row versions in the table's pages until they are reused;
-        # VACUUM FULL writes each table anew from its live rows
-        for name, n in counts.items():
-            if n:
-                con.raw_sql(f'VACUUM FULL "{name}"')
     return {k: v for k, v in counts.items() if v}
 
 

@@ -307,7 +307,7 @@ def skip_reason(store: str, stage: str, stage_params: dict[str, Any] | None = No
     Parameters
     ----------
     store : str
-        The run's store (DuckDB path or database URL).
+        The run's store (a DuckDB path).
     stage : str
         Stage name.
     stage_params : dict, optional
@@ -395,69 +395,6 @@ def store_lock(store_file: Path, run_id: str) -> Iterator[Path]:
             fh.seek(0)
             fh.truncate()
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-RUN_LOCK_NAMESPACE = 0x43524D  # first key of the advisory lock runs take on a database store
-
-
-@contextlib.contextmanager
-def database_lock(url: str, run_id: str) -> Iterator[None]:
-    """Hold a PostgreSQL advisory lock on a database store for the length of a run.
-
-    The lock is keyed by the store's database and schema and lives on a session of
-    its own: the server releases it when that session ends, however the run ends
-    (``kill -9`` included), so a killed run never leaves a stale lock. Stores that
-    are not PostgreSQL URLs are not locked.
-
-    Parameters
-    ----------
-    url : str
-        The store's database URL (``${NAME}`` references are expanded).
-    run_id : str
-        The run taking the lock (shown to a run that finds it taken).
-
-    Yields
-    ------
-    None
-
-    Raises
-    ------
-    StoreBusy
-        If another run holds the lock (its run and server process are in the message).
-    """
-    con = connect(url)
-    if con.name != "postgres":
-        con.disconnect()
-        yield
-        return
-    raw = con.con
-    try:
-        with raw.cursor() as cur:
-            cur.execute(
-                "SELECT set_config('application_name', %s, false)",
-                (f"crm-analytics {run_id}"[:63],),
-            )
-            cur.execute("SELECT current_database() || '.' || current_schema()")
-            name = cur.fetchone()[0]
-            cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK_NAMESPACE, name))
-            if not cur.fetchone()[0]:
-                cur.execute(
-                    "SELECT a.application_name, a.pid FROM pg_locks l "
-                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-                    "AND l.classid = %s AND l.objid = hashtext(%s)::oid AND l.granted",
-                    (RUN_LOCK_NAMESPACE, name),
-                )
-                row = cur.fetchone()
-                holder = (
-                    f"{row[0] or 'unknown run'}, server process {row[1]}" if row else "unknown run"
-                )
-                raise StoreBusy(
-                    f"store {name} is in use by another run ({holder}); wait for it to "
-                    "finish, or give this run its own schema"
-                )
-        yield
-    finally:
-        con.disconnect()  # ends the session, which releases the lock
 
 
 def working_copy(store_file: Path, run_id: str, encryption_key_env: str = "") -> Path:
@@ -806,11 +743,12 @@ def run_pipeline(
 ) -> Path:
     """Run the selected stages and write the run's reports.
 
-    The store is locked for the run (a second run on the same store stops with
-    :class:`StoreBusy`; a PostgreSQL store through :func:`database_lock`). For a
-    DuckDB store the stages work on a private copy of it that
-    replaces the store only when every stage succeeded: a run that fails or is
-    killed leaves the store, ``reports/latest`` and earlier runs as they were.
+    The store (a DuckDB file) is locked for the run (a second run on the same
+    store stops with :class:`StoreBusy`), and the stages work on a private copy
+    of it that replaces the store only when every stage succeeded: a run that
+    fails or is killed leaves the store, ``reports/latest`` and earlier runs as
+    they were. With ``engine: postgres`` or ``spark`` only copies of the clean
+    tables leave the store, in a schema or folder private to the stage.
 
     Parameters
     ----------
@@ -851,11 +789,8 @@ def run_pipeline(
     stages = stages_to_run(from_stage, only)
     reports = resolve_path(reports_dir, root)
     store_file = duckdb_path(str(params.get("store", "")))
+    assert store_file is not None  # load_params refuses database URLs and :memory:
     lock_id = run_id or f"pid {os.getpid()}"
-    if store_file is None:  # a database URL: locked on the server, tables replaced one by one
-        with database_lock(str(params.get("store", "")), lock_id):
-            return _run_stages(params, params_file, stages, reports, run_id, None, kernel,
-                               progress, keep, language)  # fmt: skip
     with store_lock(store_file, lock_id):
         return _run_stages(params, params_file, stages, reports, run_id, store_file, kernel,
                            progress, keep, language)  # fmt: skip
@@ -1098,12 +1033,8 @@ def forget_customer(
         resolve_path(str((params.get("report") or {}).get("snapshot_dir", "data/snapshots")), root)
     )
     store_file = duckdb_path(store)
-    lock = (
-        store_lock(store_file, f"forget {customer_id}")
-        if store_file
-        else database_lock(store, f"forget {customer_id}")
-    )
-    with lock:
+    assert store_file is not None  # load_params refuses database URLs and :memory:
+    with store_lock(store_file, f"forget {customer_id}"):
         con = connect(store, encryption_key_env=key_env)
         try:
             record = forget(
@@ -1116,9 +1047,8 @@ def forget_customer(
             )
         finally:
             con.disconnect()
-        if store_file is not None:
-            # the deleted rows' bytes stay in the file's free pages until it is rebuilt
-            rebuild_duckdb(store_file, key_env)
-            record["store_file_rebuilt"] = True
+        # the deleted rows' bytes stay in the file's free pages until it is rebuilt
+        rebuild_duckdb(store_file, key_env)
+        record["store_file_rebuilt"] = True
     append_audit(resolve_path(str(audit_file), root), record)
     return record

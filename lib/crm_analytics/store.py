@@ -284,10 +284,12 @@ def write_table(con: BaseBackend, name: str, obj: ir.Table | pd.DataFrame | Any)
     -----
     Returns nothing (so that a notebook cell ending with it shows nothing);
     read the table back with ``con.table(name)``. An expression on another
-    engine (Spark features written to the store) arrives as Arrow batches.
+    engine (features computed on Spark or PostgreSQL, written to the store)
+    arrives as Arrow batches (through :func:`to_frame` from PostgreSQL).
     """
-    if isinstance(obj, ir.Table) and backend_of(obj) not in (None, con):
-        obj = obj.to_pyarrow()
+    other = backend_of(obj) if isinstance(obj, ir.Table) else None
+    if other not in (None, con):
+        obj = to_frame(obj) if other.name == "postgres" else obj.to_pyarrow()
     con.create_table(name, obj, overwrite=True)
 
 
@@ -362,7 +364,21 @@ def to_frame(expr: ir.Table) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Its rows, in the expression's order.
+
+    Notes
+    -----
+    On PostgreSQL the frame comes from ibis's ``to_pandas``: the server answers
+    some floating-point expressions (a mean, a ratio of integers) with its
+    ``numeric`` type, which ibis's Arrow reader refuses; those columns are
+    converted to ``float64``.
     """
+    backend = backend_of(expr)
+    if backend is not None and backend.name == "postgres":
+        frame = expr.to_pandas()
+        for name, dtype in expr.schema().items():
+            if dtype.is_floating() and frame[name].dtype == object:
+                frame[name] = pd.to_numeric(frame[name]).astype("float64")
+        return frame
     return arrow_to_frame(expr.to_pyarrow(), expr.schema())
 
 
@@ -494,7 +510,7 @@ def rebuild_duckdb(db_file: Path, encryption_key_env: str = "") -> None:
     os.replace(fresh, db_file)
 
 
-ENGINES: tuple[str, ...] = ("store", "spark")
+ENGINES: tuple[str, ...] = ("store", "spark", "postgres")
 """Where the feature aggregation runs: in the store itself, or on Spark."""
 
 
@@ -597,6 +613,114 @@ def exchange_folder(exchange_dir: str | Path = "") -> str:
     return str(folder)
 
 
+ENGINE_SCHEMA_PREFIX = "crm_engine_"
+"""Prefix of the PostgreSQL schemas that hold a session's copies of the clean tables."""
+
+ENGINE_LOCK_NAMESPACE = 0x43524E
+"""First key of the advisory lock a session holds on its own engine schema."""
+
+
+def postgres_engine(url: str) -> tuple[BaseBackend, str]:
+    """Open a PostgreSQL session with a schema of its own, for the feature aggregation.
+
+    The schema (``crm_engine_<random>``) belongs to the connecting role, so other
+    roles cannot read the customer data copied there. The session holds an
+    advisory lock on it: the schema is dropped when this process exits, and the
+    schemas of sessions that ended without dropping theirs (a killed run) are
+    dropped by the next call, since their locks went with their sessions.
+
+    Parameters
+    ----------
+    url : str
+        ``postgresql://user@host:port/db`` (``${NAME}`` references are expanded;
+        the password comes from ``PGPASSWORD`` or ``~/.pgpass``, never the URL).
+
+    Returns
+    -------
+    tuple of (ibis Backend, str)
+        The session and its schema.
+
+    Raises
+    ------
+    ValueError
+        If ``url`` is empty or not a PostgreSQL URL.
+    """
+    expanded = expand_env(url)
+    if not expanded.startswith(("postgresql://", "postgres://")):
+        raise ValueError(
+            "engine 'postgres' needs engine_url: postgresql://user@host:port/database "
+            f"(got {url!r})"
+        )
+    pg = ibis.connect(expanded)
+    raw = pg.con
+    with raw.cursor() as cur:
+        cur.execute(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)",
+            (ENGINE_SCHEMA_PREFIX,),
+        )
+        for (stale,) in cur.fetchall():
+            cur.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (ENGINE_LOCK_NAMESPACE, stale)
+            )
+            if cur.fetchone()[0]:  # nobody holds it: its session has ended
+                cur.execute(f'DROP SCHEMA IF EXISTS "{stale}" CASCADE')
+                cur.execute(
+                    "SELECT pg_advisory_unlock(%s, hashtext(%s))", (ENGINE_LOCK_NAMESPACE, stale)
+                )
+        schema = f"{ENGINE_SCHEMA_PREFIX}{uuid.uuid4().hex[:16]}"
+        cur.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (ENGINE_LOCK_NAMESPACE, schema))
+        cur.execute(f'CREATE SCHEMA "{schema}"')
+    atexit.register(_drop_engine_schema, pg, schema)
+    return pg, schema
+
+
+def _drop_engine_schema(pg: BaseBackend, schema: str) -> None:
+    """Drop a session's engine schema and end the session (at exit)."""
+    try:
+        pg.raw_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        pg.disconnect()
+    except Exception:  # the server went first; the next call drops the schema
+        pass
+
+
+def copy_to_postgres(con: BaseBackend, names: list[str], url: str, schema: str) -> None:
+    """Copy store tables into a PostgreSQL schema.
+
+    From a DuckDB store the rows go through DuckDB's postgres extension
+    (PostgreSQL's binary ``COPY``, no rows through Python); from another store
+    they go as Arrow batches through ibis.
+
+    Parameters
+    ----------
+    con : BaseBackend
+        Store connection.
+    names : list of str
+        Tables to copy.
+    url : str
+        The PostgreSQL URL (``${NAME}`` references are expanded).
+    schema : str
+        Target schema (from :func:`postgres_engine`).
+    """
+    expanded = expand_env(url)
+    if getattr(con, "name", None) != "duckdb":
+        pg = ibis.connect(expanded)
+        try:
+            for n in names:
+                pg.create_table(n, con.table(n).to_pyarrow(), database=schema)
+        finally:
+            pg.disconnect()
+        return
+    load_extension(con, "postgres_scanner")
+    alias = f"engine_{uuid.uuid4().hex[:8]}"
+    # read-write even when the store itself is opened read-only
+    con.raw_sql(f"ATTACH {sql_literal(expanded)} AS {alias} (TYPE postgres, READ_WRITE)")
+    try:
+        for n in names:
+            con.raw_sql(f'CREATE TABLE {alias}."{schema}"."{n}" AS SELECT * FROM "{n}"')
+    finally:
+        con.raw_sql(f"DETACH {alias}")
+
+
 def engine_tables(
     con: BaseBackend,
     names: list[str] | tuple[str, ...],
@@ -604,12 +728,13 @@ def engine_tables(
     spark_master: str = "local[2]",
     exchange_dir: str | Path = "",
     spark_config: dict[str, str] | None = None,
+    engine_url: str = "",
 ) -> dict[str, ir.Table]:
     """Return the store's tables ``names`` as ibis tables on the chosen engine.
 
     The feature functions in :mod:`crm_analytics.features` take these tables, so
-    the same expressions aggregate in the store (DuckDB, or PostgreSQL when the
-    store is a URL) or on Spark. Tables the store does not hold are left out.
+    the same expressions aggregate in the store (DuckDB), on PostgreSQL or on
+    Spark. Tables the store does not hold are left out.
 
     Parameters
     ----------
@@ -617,10 +742,12 @@ def engine_tables(
         Store connection.
     names : list of str
         Tables wanted.
-    engine : {"store", "spark"}, default "store"
+    engine : {"store", "spark", "postgres"}, default "store"
         ``store`` aggregates where the data is; ``spark`` publishes each table as
         Parquet in a folder of its own under ``exchange_dir`` (see
-        :func:`exchange_folder`) and reads it in a Spark session.
+        :func:`exchange_folder`) and reads it in a Spark session; ``postgres``
+        copies each table into a schema of its own on the server at
+        ``engine_url`` (see :func:`postgres_engine`).
     spark_master : str, default "local[2]"
         Spark master (see :func:`spark_session`).
     exchange_dir : str or Path, default ""
@@ -629,6 +756,8 @@ def engine_tables(
         temporary folder on this machine (local mode).
     spark_config : dict, optional
         Further Spark settings.
+    engine_url : str, default ""
+        PostgreSQL URL when ``engine`` is ``postgres``.
 
     Returns
     -------
@@ -638,7 +767,7 @@ def engine_tables(
     Raises
     ------
     ValueError
-        If ``engine`` is not one of :data:`ENGINES`.
+        If ``engine`` is not one of :data:`ENGINES`, or ``postgres`` lacks a URL.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
@@ -646,6 +775,10 @@ def engine_tables(
     wanted = [n for n in names if n in present]
     if engine == "store":
         return {n: con.table(n) for n in wanted}
+    if engine == "postgres":
+        pg, schema = postgres_engine(engine_url)
+        copy_to_postgres(con, wanted, engine_url, schema)
+        return {n: pg.table(n, database=schema) for n in wanted}
     folder = exchange_folder(exchange_dir)
     spark = ibis.pyspark.connect(spark_session(spark_master, config=spark_config))
     out = {}
