@@ -1,8 +1,8 @@
 """The analytical store: where every stage reads its inputs and writes its outputs.
 
-The default store is an embedded DuckDB file. A database URL
-(``postgresql://user@host:port/db``) selects another ibis backend; the stage
-code is the same ibis expressions either way.
+The store is an embedded DuckDB file (:func:`connect` also opens database
+URLs, for tests and exploration, but the stages need DuckDB's readers and
+functions).
 
 A DuckDB store can be encrypted at rest (AES-GCM): the ``encryption_key_env``
 parameter names the environment variable holding the key, which is never
@@ -14,7 +14,9 @@ message: it is never written unencrypted instead.
 The heavy feature aggregation can run on another engine through the same ibis
 expressions (:func:`engine_tables`): ``engine: spark`` publishes the clean
 tables as Parquet and reads them in a Spark session (local mode by default, a
-cluster by ``spark_master``); results come back to the store and the driver.
+cluster by ``spark_master``); ``engine: postgres`` copies them into a private
+schema on a PostgreSQL server (:func:`postgres_engine`). Results come back to
+the store and the driver.
 """
 
 from __future__ import annotations
