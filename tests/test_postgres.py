@@ -208,6 +208,30 @@ def test_postgres_engine_copies_tables_into_a_private_schema_dropped_with_its_se
     other.disconnect()
 
 
+def test_postgres_engine_errors_never_show_the_password(postgres_url, monkeypatch, tmp_path):
+    """A URL from the environment with a password: connection errors name the server, not it."""
+    from crm_analytics import store
+
+    secret = "Engine-Pw-5518"
+    duck = ibis.duckdb.connect()
+    duck.create_table("orders", pd.DataFrame({"x": [1]}))
+    host = postgres_url.split("@", 1)[1].rsplit(":", 1)[0]
+    monkeypatch.setenv("CRM_TEST_ENGINE_URL", f"postgresql://postgres:{secret}@{host}:1/postgres")
+    with pytest.raises(
+        store.EngineUnavailable, match="cannot connect to \\$\\{CRM_TEST_ENGINE_URL\\}"
+    ) as err:
+        store.engine_tables(
+            duck, ["orders"], engine="postgres", engine_url="${CRM_TEST_ENGINE_URL}"
+        )
+    assert secret not in str(err.value) and err.value.__cause__ is None
+    # DuckDB's own attach quotes its connection string: the password is masked there too
+    good = postgres_url.replace("postgres@", f"postgres:{secret}@")
+    monkeypatch.setenv("CRM_TEST_ENGINE_URL", good.rsplit("/", 1)[0] + "/no_such_database")
+    with pytest.raises(store.EngineUnavailable) as err:
+        store.copy_to_postgres(duck, ["orders"], "${CRM_TEST_ENGINE_URL}", "public")
+    assert "no_such_database" in str(err.value) and secret not in str(err.value)
+
+
 def test_postgres_engine_needs_a_postgresql_url():
     from crm_analytics import store
 

@@ -615,6 +615,19 @@ def exchange_folder(exchange_dir: str | Path = "") -> str:
     return str(folder)
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine chosen for the feature aggregation cannot be reached."""
+
+
+def _without_password(text: str, url: str) -> str:
+    """Return ``text`` with the password of ``url`` (if any) replaced by ``***``."""
+    if "@" not in url or "://" not in url:
+        return text
+    cred = url.split("://", 1)[1].rsplit("@", 1)[0]
+    secret = cred.split(":", 1)[1] if ":" in cred else ""
+    return text.replace(secret, "***") if secret else text
+
+
 ENGINE_SCHEMA_PREFIX = "crm_engine_"
 """Prefix of the PostgreSQL schemas that hold a session's copies of the clean tables."""
 
@@ -646,6 +659,8 @@ def postgres_engine(url: str) -> tuple[BaseBackend, str]:
     ------
     ValueError
         If ``url`` is empty or not a PostgreSQL URL.
+    EngineUnavailable
+        If the server cannot be reached (the message never holds the password).
     """
     expanded = expand_env(url)
     if not expanded.startswith(("postgresql://", "postgres://")):
@@ -653,7 +668,12 @@ def postgres_engine(url: str) -> tuple[BaseBackend, str]:
             "engine 'postgres' needs engine_url: postgresql://user@host:port/database "
             f"(got {url!r})"
         )
-    pg = ibis.connect(expanded)
+    try:
+        pg = ibis.connect(expanded)
+    except Exception as exc:  # the driver's message may quote the URL, password included
+        raise EngineUnavailable(
+            f"engine 'postgres': cannot connect to {url}: {_without_password(str(exc), expanded)}"
+        ) from None
     raw = pg.con
     with raw.cursor() as cur:
         cur.execute(
@@ -714,8 +734,12 @@ def copy_to_postgres(con: BaseBackend, names: list[str], url: str, schema: str) 
         return
     load_extension(con, "postgres_scanner")
     alias = f"engine_{uuid.uuid4().hex[:8]}"
-    # read-write even when the store itself is opened read-only
-    con.raw_sql(f"ATTACH {sql_literal(expanded)} AS {alias} (TYPE postgres, READ_WRITE)")
+    try:  # read-write even when the store itself is opened read-only
+        con.raw_sql(f"ATTACH {sql_literal(expanded)} AS {alias} (TYPE postgres, READ_WRITE)")
+    except Exception as exc:  # DuckDB's message quotes the connection string
+        raise EngineUnavailable(
+            f"engine 'postgres': cannot attach {url}: {_without_password(str(exc), expanded)}"
+        ) from None
     try:
         for n in names:
             con.raw_sql(f'CREATE TABLE {alias}."{schema}"."{n}" AS SELECT * FROM "{n}"')
