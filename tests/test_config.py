@@ -28,19 +28,28 @@ def test_load_params_requires_store(tmp_path):
         ({"store": "s.duckdb", "engine": "dask"}, "'engine' must be store, spark or postgres"),
         ({"store": "s.duckdb", "engine": "postgres"}, "'engine: postgres' needs 'engine_url"),
         ({"store": "s.duckdb", "engine": "postgres", "engine_url": ""}, "needs 'engine_url"),
+        (
+            {"store": "s.duckdb", "engine": "postgres", "engine_url": "mysql://h/db"},
+            "needs 'engine_url",
+        ),
+        ({"store": "${CRM_TEST_STORE_URL}"}, "'store' must be a DuckDB file, not a database URL"),
     ],
 )
-def test_load_params_refuses_stores_and_engines_the_stages_cannot_use(tmp_path, settings, message):
+def test_load_params_refuses_stores_and_engines_the_stages_cannot_use(
+    tmp_path, monkeypatch, settings, message
+):
     """A database URL as the store, an unknown engine or a PostgreSQL engine without a URL
     stop before any stage runs, naming the file and what to set instead."""
+    monkeypatch.setenv("CRM_TEST_STORE_URL", "postgresql://analyst@db/crm")
+    monkeypatch.setenv("CRM_TEST_ENGINE_URL", "postgresql://analyst@db/crm")
     f = tmp_path / "p.yaml"
     f.write_text(yaml.safe_dump(settings))
     with pytest.raises(ValueError, match=message) as err:
         config.load_params(f)
     assert str(f) in str(err.value)
-    settings.update(engine="postgres", engine_url="postgresql://analyst@db/crm", store="s.duckdb")
+    settings.update(engine="postgres", engine_url="${CRM_TEST_ENGINE_URL}", store="s.duckdb")
     f.write_text(yaml.safe_dump(settings))
-    assert config.load_params(f)["engine"] == "postgres"
+    assert config.load_params(f)["engine_url"] == "${CRM_TEST_ENGINE_URL}"  # kept unexpanded
 
 
 def test_load_params_rejects_non_mapping_section(tmp_path):

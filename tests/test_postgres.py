@@ -148,10 +148,16 @@ def test_postgres_engine_copies_tables_into_a_private_schema_dropped_with_its_se
     frame = pd.DataFrame({"customer_id": ["C1", "C2", "C3"], "amount": [1.5, 2.0, None],
                           "order_ts": pd.to_datetime(["2026-01-01 00:00", "2026-02-01 10:30", None])})  # fmt: skip
     duck.create_table("orders", frame)
+    duck.create_table("customers", pd.DataFrame({
+        "customer_id": ["C1"], "name": ["王伟"], "email": ["w@example.cn"], "phone": ["13800138000"],
+        "city": ["上海"], "birth_date": [pd.Timestamp("1990-01-01")], "consent_marketing": [True]}))  # fmt: skip
     before = _engine_schemas(postgres_url)
-    tables = store.engine_tables(duck, ["orders", "absent"], engine="postgres",
+    tables = store.engine_tables(duck, ["orders", "customers", "absent"], engine="postgres",
                                  engine_url=postgres_url)  # fmt: skip
-    assert list(tables) == ["orders"]  # tables the store does not hold are left out
+    assert list(tables) == ["orders", "customers"]  # tables the store does not hold are left out
+    # raw personal data stays in the store; the birth date goes, for the age feature
+    assert tables["customers"].columns == ("customer_id", "birth_date", "consent_marketing")
+    assert store.engine_backend(tables) == "postgres"
     mine = _engine_schemas(postgres_url) - before
     assert len(mine) == 1
     back = tables["orders"].to_pandas().sort_values("customer_id").reset_index(drop=True)
@@ -168,9 +174,17 @@ def test_postgres_engine_copies_tables_into_a_private_schema_dropped_with_its_se
     admin.raw_sql("DROP ROLE crm_other_analyst")
     admin.disconnect()
 
-    # a second session does not touch a live session's schema
-    other, other_schema = store.postgres_engine(postgres_url)
-    assert mine <= _engine_schemas(postgres_url)
+    # a second session does not touch a live session's schema, nor schemas of other
+    # roles or with names it does not give (one that would inject SQL if pasted unquoted)
+    admin = ibis.connect(postgres_url)
+    odd = 'crm_engine_"; CREATE ROLE crm_injected; --'
+    admin.raw_sql(f'CREATE SCHEMA "{odd.replace(chr(34), chr(34) * 2)}"')
+    _, other_schema = store.postgres_engine(postgres_url)
+    assert mine <= _engine_schemas(postgres_url) and odd in _engine_schemas(postgres_url)
+    roles = admin.sql("SELECT rolname FROM pg_roles WHERE rolname = 'crm_injected'").to_pandas()
+    assert roles.empty
+    admin.raw_sql(f'DROP SCHEMA "{odd.replace(chr(34), chr(34) * 2)}"')
+    admin.disconnect()
 
     # a process killed while holding its schema: the schema stays until the next session
     hold = (
@@ -190,8 +204,8 @@ def test_postgres_engine_copies_tables_into_a_private_schema_dropped_with_its_se
         proc.kill()
     deadline = time.monotonic() + 20
     while killed in _engine_schemas(postgres_url):
-        third, _ = store.postgres_engine(postgres_url)  # drops schemas whose session is gone
-        third.disconnect()
+        _, third = store.postgres_engine(postgres_url)  # drops schemas whose session is gone
+        store.close_engine(third)
         assert time.monotonic() < deadline, "the killed session's schema was never dropped"
         time.sleep(0.2)
     assert mine <= _engine_schemas(postgres_url) and other_schema in _engine_schemas(postgres_url)
@@ -205,7 +219,9 @@ def test_postgres_engine_copies_tables_into_a_private_schema_dropped_with_its_se
                           capture_output=True, text=True, check=True)  # fmt: skip
     assert done.stdout.strip().startswith("crm_engine_")
     assert done.stdout.strip() not in _engine_schemas(postgres_url)
-    other.disconnect()
+    store.close_engine(other_schema)
+    store.close_engine(next(iter(mine)))
+    assert not _engine_schemas(postgres_url) - before
 
 
 def test_postgres_engine_errors_never_show_the_password(postgres_url, monkeypatch, tmp_path):
@@ -230,6 +246,12 @@ def test_postgres_engine_errors_never_show_the_password(postgres_url, monkeypatc
     with pytest.raises(store.EngineUnavailable) as err:
         store.copy_to_postgres(duck, ["orders"], "${CRM_TEST_ENGINE_URL}", "public")
     assert "no_such_database" in str(err.value) and secret not in str(err.value)
+    # a password in the query string, as the URL's own text or in a driver's message
+    in_query = good.rsplit("/", 1)[0].replace(f":{secret}", "") + f"/nowhere?password={secret}"
+    with pytest.raises(store.EngineUnavailable) as err:
+        store.copy_to_postgres(duck, ["orders"], in_query, "public")
+    assert "nowhere" in str(err.value) and secret not in str(err.value)
+    assert store.redact_secrets(f"at {in_query}", in_query).endswith("?password=***")
 
 
 def test_postgres_engine_needs_a_postgresql_url():

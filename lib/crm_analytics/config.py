@@ -117,20 +117,25 @@ def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
     if "store" not in params:
         raise ValueError(f"{file}: missing required key 'store' (the DuckDB file of the store)")
     store = str(params["store"])
-    if "://" in store or store in ("", ":memory:"):
+    resolved = expand_env(store) if _ENV_REF.search(store) else store
+    if "://" in resolved or resolved in ("", ":memory:"):
         raise ValueError(
-            f"{file}: 'store' must be a DuckDB file, not {'a database URL' if '://' in store else repr(store)}: "
-            "the stages read sources and clean them with DuckDB's own readers and functions. "
-            "To run the feature aggregation on PostgreSQL, set 'engine: postgres' and "
+            f"{file}: 'store' must be a DuckDB file, not "
+            f"{'a database URL' if '://' in resolved else repr(resolved)}: the stages read "
+            "sources and clean them with DuckDB's own readers and functions. To run the "
+            "feature aggregation on PostgreSQL, set 'engine: postgres' and "
             "'engine_url: postgresql://user@host:5432/db'"
         )
     engine = str(params.get("engine", "store"))
     if engine not in ("store", "spark", "postgres"):
         raise ValueError(f"{file}: 'engine' must be store, spark or postgres, not {engine!r}")
-    if engine == "postgres" and "://" not in str(params.get("engine_url", "")):
+    url = str(params.get("engine_url", "") or "")
+    resolved = expand_env(url) if _ENV_REF.search(url) else url
+    if engine == "postgres" and not resolved.startswith(("postgresql://", "postgres://")):
         raise ValueError(
             f"{file}: 'engine: postgres' needs 'engine_url: postgresql://user@host:5432/db' "
-            "(the password from PGPASSWORD or ~/.pgpass, never in the file)"
+            "(or a ${NAME} holding one; the password from PGPASSWORD or ~/.pgpass, never in "
+            "the file)"
         )
     for stage in STAGES:
         section = params.setdefault(stage, {})

@@ -789,7 +789,8 @@ def run_pipeline(
     stages = stages_to_run(from_stage, only)
     reports = resolve_path(reports_dir, root)
     store_file = duckdb_path(str(params.get("store", "")))
-    assert store_file is not None  # load_params refuses database URLs and :memory:
+    if store_file is None:  # load_params refuses these; a ${NAME} may change after it
+        raise ValueError(f"{params_file}: 'store' must be a DuckDB file, not a database URL")
     lock_id = run_id or f"pid {os.getpid()}"
     with store_lock(store_file, lock_id):
         return _run_stages(params, params_file, stages, reports, run_id, store_file, kernel,
@@ -1033,7 +1034,8 @@ def forget_customer(
         resolve_path(str((params.get("report") or {}).get("snapshot_dir", "data/snapshots")), root)
     )
     store_file = duckdb_path(store)
-    assert store_file is not None  # load_params refuses database URLs and :memory:
+    if store_file is None:  # load_params refuses these; a ${NAME} may change after it
+        raise ValueError(f"{params_file}: 'store' must be a DuckDB file, not a database URL")
     with store_lock(store_file, f"forget {customer_id}"):
         con = connect(store, encryption_key_env=key_env)
         try:

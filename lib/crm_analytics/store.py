@@ -513,7 +513,7 @@ def rebuild_duckdb(db_file: Path, encryption_key_env: str = "") -> None:
 
 
 ENGINES: tuple[str, ...] = ("store", "spark", "postgres")
-"""Where the feature aggregation runs: in the store itself, or on Spark."""
+"""Where the feature aggregation runs: in the store itself, on Spark or on a PostgreSQL server."""
 
 
 def spark_session(
@@ -619,30 +619,63 @@ class EngineUnavailable(RuntimeError):
     """The engine chosen for the feature aggregation cannot be reached."""
 
 
-def _without_password(text: str, url: str) -> str:
-    """Return ``text`` with the password of ``url`` (if any) replaced by ``***``."""
-    if "@" not in url or "://" not in url:
-        return text
-    cred = url.split("://", 1)[1].rsplit("@", 1)[0]
-    secret = cred.split(":", 1)[1] if ":" in cred else ""
-    return text.replace(secret, "***") if secret else text
+def redact_secrets(text: str, url: str) -> str:
+    """Return ``text`` with the secrets of database URL ``url`` replaced by ``***``.
+
+    The password of the user-info part (``user:pw@``) and the values of
+    ``password=`` / ``pwd=`` query parameters are masked, wherever they appear.
+
+    Parameters
+    ----------
+    text : str
+        Message that may quote the URL (a driver's error).
+    url : str
+        The URL, secrets included.
+
+    Returns
+    -------
+    str
+        The message, safe to show and log.
+    """
+    import re
+    from urllib.parse import unquote
+
+    secrets = []
+    if "://" in url:
+        rest = url.split("://", 1)[1]
+        cred = rest.split("/", 1)[0].rsplit("@", 1)[0] if "@" in rest.split("/", 1)[0] else ""
+        if ":" in cred:
+            secrets.append(cred.split(":", 1)[1])
+    secrets += re.findall(r"(?i)[?&;](?:password|pwd)=([^&;#\s]+)", url)
+    for secret in sorted({x for s in secrets for x in (s, unquote(s)) if x}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 ENGINE_SCHEMA_PREFIX = "crm_engine_"
 """Prefix of the PostgreSQL schemas that hold a session's copies of the clean tables."""
 
+ENGINE_SCHEMA_PATTERN = "^crm_engine_[0-9a-f]{16}$"
+"""Names :func:`postgres_engine` gives its schemas; only these are ever dropped."""
+
 ENGINE_LOCK_NAMESPACE = 0x43524E
 """First key of the advisory lock a session holds on its own engine schema."""
+
+_ENGINE_SESSIONS: dict[str, BaseBackend] = {}
+"""Engine schemas of this process and their sessions, dropped by :func:`close_engine`."""
 
 
 def postgres_engine(url: str) -> tuple[BaseBackend, str]:
     """Open a PostgreSQL session with a schema of its own, for the feature aggregation.
 
-    The schema (``crm_engine_<random>``) belongs to the connecting role, so other
-    roles cannot read the customer data copied there. The session holds an
-    advisory lock on it: the schema is dropped when this process exits, and the
-    schemas of sessions that ended without dropping theirs (a killed run) are
-    dropped by the next call, since their locks went with their sessions.
+    The schema (``crm_engine_<16 hex digits>``) belongs to the connecting role
+    (which needs the ``CREATE`` privilege on the database), so other roles cannot
+    read the data copied there. The session holds an advisory lock on it: the
+    schema is dropped by :func:`close_engine` or when this process exits, and the
+    role's schemas of sessions that ended without dropping theirs (a killed run)
+    are dropped by the next call, since their locks went with their sessions.
+    Session-level locks need a direct connection or session pooling (not a
+    transaction-pooling PgBouncer).
 
     Parameters
     ----------
@@ -660,89 +693,159 @@ def postgres_engine(url: str) -> tuple[BaseBackend, str]:
     ValueError
         If ``url`` is empty or not a PostgreSQL URL.
     EngineUnavailable
-        If the server cannot be reached (the message never holds the password).
+        If the server cannot be reached or the schema not created (the message
+        never holds the password).
     """
+    from psycopg import sql
+
     expanded = expand_env(url)
+    shown = redact_secrets(url, expanded)
     if not expanded.startswith(("postgresql://", "postgres://")):
         raise ValueError(
             "engine 'postgres' needs engine_url: postgresql://user@host:port/database "
-            f"(got {url!r})"
+            f"(got {redact_secrets(repr(url), expanded)})"
         )
     try:
         pg = ibis.connect(expanded)
     except Exception as exc:  # the driver's message may quote the URL, password included
         raise EngineUnavailable(
-            f"engine 'postgres': cannot connect to {url}: {_without_password(str(exc), expanded)}"
+            f"engine 'postgres': cannot connect to {shown}: {redact_secrets(str(exc), expanded)}"
         ) from None
     raw = pg.con
     with raw.cursor() as cur:
+        # only this role's schemas, and only names this function gives
         cur.execute(
-            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)",
-            (ENGINE_SCHEMA_PREFIX,),
+            "SELECT n.nspname FROM pg_namespace n WHERE n.nspname ~ %s "
+            "AND n.nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+            (ENGINE_SCHEMA_PATTERN,),
         )
         for (stale,) in cur.fetchall():
             cur.execute(
                 "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (ENGINE_LOCK_NAMESPACE, stale)
             )
-            if cur.fetchone()[0]:  # nobody holds it: its session has ended
-                cur.execute(f'DROP SCHEMA IF EXISTS "{stale}" CASCADE')
+            if not cur.fetchone()[0]:
+                continue  # a live session holds it
+            try:  # nobody held it: its session has ended
+                cur.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(stale))
+                )
+            finally:
                 cur.execute(
                     "SELECT pg_advisory_unlock(%s, hashtext(%s))", (ENGINE_LOCK_NAMESPACE, stale)
                 )
-        schema = f"{ENGINE_SCHEMA_PREFIX}{uuid.uuid4().hex[:16]}"
-        cur.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (ENGINE_LOCK_NAMESPACE, schema))
-        cur.execute(f'CREATE SCHEMA "{schema}"')
-    atexit.register(_drop_engine_schema, pg, schema)
+        while True:  # a name whose lock key no live session holds
+            schema = f"{ENGINE_SCHEMA_PREFIX}{uuid.uuid4().hex[:16]}"
+            cur.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (ENGINE_LOCK_NAMESPACE, schema)
+            )
+            if cur.fetchone()[0]:
+                break
+        try:
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        except Exception as exc:
+            pg.disconnect()
+            raise EngineUnavailable(
+                f"engine 'postgres': cannot create a schema on {shown} (the role needs the "
+                f"CREATE privilege on the database): {redact_secrets(str(exc), expanded)}"
+            ) from None
+    _ENGINE_SESSIONS[schema] = pg
     return pg, schema
 
 
-def _drop_engine_schema(pg: BaseBackend, schema: str) -> None:
-    """Drop a session's engine schema and end the session (at exit)."""
+def close_engine(schema: str) -> None:
+    """Drop an engine schema of this process and end its session (idempotent).
+
+    Parameters
+    ----------
+    schema : str
+        A schema from :func:`postgres_engine`.
+    """
+    pg = _ENGINE_SESSIONS.pop(schema, None)
+    if pg is None:
+        return
     try:
         pg.raw_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    except Exception:  # the session is gone: its lock too, so the next call drops the schema
+        pass
+    try:
         pg.disconnect()
-    except Exception:  # the server went first; the next call drops the schema
+    except Exception:
         pass
 
 
-def copy_to_postgres(con: BaseBackend, names: list[str], url: str, schema: str) -> None:
-    """Copy store tables into a PostgreSQL schema.
+@atexit.register
+def _close_engines() -> None:
+    """Drop the engine schemas this process still holds (at exit)."""
+    for schema in list(_ENGINE_SESSIONS):
+        close_engine(schema)
 
-    From a DuckDB store the rows go through DuckDB's postgres extension
-    (PostgreSQL's binary ``COPY``, no rows through Python); from another store
-    they go as Arrow batches through ibis.
+
+ENGINE_PERSONAL_KEPT = ("birth_date",)
+"""Personal columns the feature expressions need (age); the others stay in the store."""
+
+
+def engine_columns(name: str, columns: list[str]) -> list[str]:
+    """Return the columns of store table ``name`` that are copied to another engine.
+
+    Raw personal data (names, e-mails, phones, cities, free-text comments: the
+    ``personal`` columns of :data:`crm_analytics.schemas.TABLES`) never leaves the
+    store, except the birth date the age feature needs.
+
+    Parameters
+    ----------
+    name : str
+        Table name.
+    columns : list of str
+        Its columns.
+
+    Returns
+    -------
+    list of str
+        The columns to copy, in order.
+    """
+    from crm_analytics.schemas import TABLES
+
+    spec = TABLES.get(name)
+    personal = set(spec.personal) - set(ENGINE_PERSONAL_KEPT) if spec else set()
+    return [c for c in columns if c not in personal]
+
+
+def copy_to_postgres(con: BaseBackend, names: list[str], url: str, schema: str) -> None:
+    """Copy store tables (without their personal columns) into a PostgreSQL schema.
+
+    The rows go through DuckDB's postgres extension (PostgreSQL's binary
+    ``COPY``, no rows through Python).
 
     Parameters
     ----------
     con : BaseBackend
-        Store connection.
+        The DuckDB store.
     names : list of str
         Tables to copy.
     url : str
         The PostgreSQL URL (``${NAME}`` references are expanded).
     schema : str
         Target schema (from :func:`postgres_engine`).
+
+    Raises
+    ------
+    EngineUnavailable
+        If DuckDB cannot attach the server (the message never holds the password).
     """
     expanded = expand_env(url)
-    if getattr(con, "name", None) != "duckdb":
-        pg = ibis.connect(expanded)
-        try:
-            for n in names:
-                pg.create_table(n, con.table(n).to_pyarrow(), database=schema)
-        finally:
-            pg.disconnect()
-        return
     load_extension(con, "postgres_scanner")
     alias = f"engine_{uuid.uuid4().hex[:8]}"
     try:  # read-write even when the store itself is opened read-only
         con.raw_sql(f"ATTACH {sql_literal(expanded)} AS {alias} (TYPE postgres, READ_WRITE)")
     except Exception as exc:  # DuckDB's message quotes the connection string
         raise EngineUnavailable(
-            f"engine 'postgres': cannot attach {url}: {_without_password(str(exc), expanded)}"
+            f"engine 'postgres': cannot attach {redact_secrets(url, expanded)}: "
+            f"{redact_secrets(str(exc), expanded)}"
         ) from None
     try:
         for n in names:
-            con.raw_sql(f'CREATE TABLE {alias}."{schema}"."{n}" AS SELECT * FROM "{n}"')
+            cols = ", ".join(f'"{c}"' for c in engine_columns(n, con.table(n).columns))
+            con.raw_sql(f'CREATE TABLE {alias}."{schema}"."{n}" AS SELECT {cols} FROM "{n}"')
     finally:
         con.raw_sql(f"DETACH {alias}")
 
@@ -760,7 +863,8 @@ def engine_tables(
 
     The feature functions in :mod:`crm_analytics.features` take these tables, so
     the same expressions aggregate in the store (DuckDB), on PostgreSQL or on
-    Spark. Tables the store does not hold are left out.
+    Spark. Tables the store does not hold are left out, and copies for another
+    engine leave out raw personal data (:func:`engine_columns`).
 
     Parameters
     ----------
@@ -803,7 +907,11 @@ def engine_tables(
         return {n: con.table(n) for n in wanted}
     if engine == "postgres":
         pg, schema = postgres_engine(engine_url)
-        copy_to_postgres(con, wanted, engine_url, schema)
+        try:
+            copy_to_postgres(con, wanted, engine_url, schema)
+        except BaseException:
+            close_engine(schema)
+            raise
         return {n: pg.table(n, database=schema) for n in wanted}
     folder = exchange_folder(exchange_dir)
     spark = ibis.pyspark.connect(spark_session(spark_master, config=spark_config))
@@ -811,6 +919,25 @@ def engine_tables(
     for n in wanted:
         target = f"{folder.rstrip('/')}/{n}.parquet"
         # written by the store itself (timestamps in microseconds, which Spark reads)
-        con.table(n).to_parquet(target)
+        t = con.table(n)
+        t.select(*engine_columns(n, t.columns)).to_parquet(target)
         out[n] = spark.read_parquet(target, table_name=n)
     return out
+
+
+def engine_backend(tables: dict[str, ir.Table]) -> str:
+    """Return the name of the backend the tables of :func:`engine_tables` live on.
+
+    Parameters
+    ----------
+    tables : dict of str to ibis Table
+        From :func:`engine_tables`.
+
+    Returns
+    -------
+    str
+        ``duckdb``, ``postgres`` or ``pyspark``; empty when there are no tables.
+    """
+    for table in tables.values():
+        return str(table.get_backend().name)
+    return ""
