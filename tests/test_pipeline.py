@@ -540,6 +540,8 @@ def _segment_on_engine(run, tmp_path, engine, **settings):
     a = ibis.duckdb.connect(str(tmp / "store-r1.duckdb"), read_only=True)
     b = ibis.duckdb.connect(str(tmp_path / "store.duckdb"), read_only=True)
     for name in ("customer_segments", "behaviour_signals", "association_rules"):
+        # the same column types too: results from another engine come back through Arrow
+        assert a.table(name).schema() == b.table(name).schema(), name
         fa, fb = a.table(name).to_pandas(), b.table(name).to_pandas()
         assert len(fa) > 0, name
         key = list(fa.columns)
