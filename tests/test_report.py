@@ -129,3 +129,21 @@ def test_sanitize_markdown_removes_live_markup_and_keeps_markdown():
     out = report.sanitize_markdown(md)
     assert out.startswith("**12** customers in ") and "<script" not in out and "onerror" not in out
     assert "MASE &lt; 1" in out
+
+
+def test_text_columns_read_from_the_left_and_phrases_get_room():
+    frame = pd.DataFrame(
+        {
+            "cluster": [0, 1],
+            "segment": ["At Risk", "Champions"],
+            "description": ["high cat fashion, low cat beauty, low cat electronics", "close"],
+            "share": [0.25, 0.75],
+        }
+    )
+    page = report.table(frame, "Cluster profiles").to_html()
+    styles = page.split("</style>")[0]
+    # segment and description (cells and headings), not the numbers
+    assert styles.count("text-align: left") == 4
+    assert styles.count("min-width: 16em") == 1
+    wide = styles.split("min-width: 16em")[0].rsplit("}", 1)[-1]
+    assert ".col2" in wide and ".col1" not in wide and ".col3" not in wide

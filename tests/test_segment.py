@@ -114,6 +114,7 @@ def test_clusters_recover_planted_groups():
     prof = segment.cluster_profiles(frame, model.predict(frame), model.features_)
     assert prof.customers.sum() == len(frame)
     assert any("high frequency" in d for d in prof.description)
+    assert list(prof.columns) == ["cluster", "customers", "description", *model.features_]
 
 
 def test_clusters_need_features_and_rows():

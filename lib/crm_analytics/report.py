@@ -123,6 +123,8 @@ def table(frame: pd.DataFrame, caption: str, precision: int = 2) -> Any:
 
     Cell values, column names and the caption are HTML-escaped: text from the
     data (a category called ``<script>...``) shows as text, never as markup.
+    Text columns are left-aligned, and those holding phrases (over 24
+    characters) at least 16em wide, so that they do not wrap a word per line.
 
     Parameters
     ----------
@@ -142,6 +144,18 @@ def table(frame: pd.DataFrame, caption: str, precision: int = 2) -> Any:
         precision=precision, thousands=",", escape="html"
     )
     styler = styler.format_index(escape="html", axis=1)
+    # text reads from the left; a column of phrases gets room instead of a word per line
+    text = {}
+    for col in frame.columns:
+        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype):
+            longest = frame[col].dropna().astype(str).str.len().max() if len(frame) else 0
+            wide = "; min-width: 16em" if longest and longest > 24 else ""
+            text[col] = [
+                {"selector": "td", "props": f"text-align: left{wide}"},
+                {"selector": "th", "props": "text-align: left"},
+            ]
+    if text:
+        styler = styler.set_table_styles(text, overwrite=False)
     return styler.set_caption(html.escape(i18n.translate(caption)))
 
 

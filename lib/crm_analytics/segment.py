@@ -427,9 +427,9 @@ def cluster_profiles(frame: pd.DataFrame, labels: np.ndarray, features: list[str
     Returns
     -------
     pandas.DataFrame
-        cluster, customers, the mean of each feature, and ``description``:
-        the two features furthest above and below the overall mean (in standard
-        deviations), in words.
+        cluster, customers, ``description`` (the two features furthest above
+        and below the overall mean, in standard deviations, in words), and the
+        mean of each feature.
     """
     require_columns(frame, features)
     data = frame[features].astype(float)
@@ -445,8 +445,9 @@ def cluster_profiles(frame: pd.DataFrame, labels: np.ndarray, features: list[str
             {
                 "cluster": int(c),
                 "customers": len(part),
-                **part.mean().round(2).to_dict(),
+                # before the means: a wide table scrolls, and the words should not be what is cut off
                 "description": ", ".join(words) or "close to average",
+                **part.mean().round(2).to_dict(),
             }
         )
     return pd.DataFrame(rows)
