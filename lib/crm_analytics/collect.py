@@ -60,7 +60,7 @@ from crm_analytics.erasure import (
     suppressed_sql,
 )
 from crm_analytics.schemas import TABLES, spec
-from crm_analytics.store import load_extension, sql_literal
+from crm_analytics.store import load_extension, redact_secrets, sql_literal
 
 FILE_KINDS: tuple[str, ...] = ("csv", "jsonl", "excel", "parquet")
 KINDS: tuple[str, ...] = (*FILE_KINDS, "sql", "cdnow", "telco")
@@ -648,11 +648,7 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
 
     def failed(exc: BaseException) -> SourceError:
         # DuckDB's connection errors quote the URL: never let its password through
-        text = _first_line(exc).replace(secret_url, redact_url(secret_url))
-        password = _password(secret_url)
-        return SourceError(
-            f"{label}: cannot read: {text.replace(password, '***') if password else text}"
-        )
+        return SourceError(f"{label}: cannot read: {redact_secrets(_first_line(exc), secret_url)}")
 
     try:
         scan = _native_source(duck, secret_url, spec_, table)
@@ -701,14 +697,6 @@ def _row_order(spec_: dict[str, Any], table: str, available: list[str]) -> list[
     source_of = {rename.get(c, c): c for c in available}
     first = list(spec_.get("order_by") or [source_of[k] for k in spec(table).key if k in source_of])
     return first + [c for c in available if c not in first]
-
-
-def _password(url: str) -> str:
-    """Return the password of a database URL, or an empty string."""
-    if "@" not in url or "://" not in url:
-        return ""
-    cred = url.split("://", 1)[1].rsplit("@", 1)[0]
-    return cred.split(":", 1)[1] if ":" in cred else ""
 
 
 def _first_line(exc: BaseException) -> str:
