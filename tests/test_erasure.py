@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pandas.testing import assert_frame_equal
 
-from crm_analytics import cli, collect, erasure
+from crm_analytics import cli, collect, erasure, segment
 from crm_analytics import store as store_mod
 from crm_analytics.report import pseudonymise
 from crm_analytics.runner import run_pipeline
@@ -316,3 +316,24 @@ def test_forget_end_to_end_and_the_next_run_does_not_bring_them_back(
         "erased on request were withheld"
         in (reports / "after-collect" / "01_collect.html").read_text()
     )
+
+
+def test_erasing_from_an_export_keeps_the_other_rows_values_as_written(tmp_path):
+    contacts = pd.DataFrame(
+        {
+            "customer_id": ["C1", "C2", "C3"],
+            "name": ["王芳", "李雷", ""],
+            "phone": ["+8613812345678", "+8613900000001", "007"],
+            "segment": ["At Risk", "At Risk", "Need Attention"],
+        }
+    )
+    written = segment.export_contacts(contacts, tmp_path / "exports" / "run1")
+    removed = erasure.erase_from_files([tmp_path / "exports"], ["C2"])
+    assert sorted(removed) == sorted(str(p) for p in written) and set(removed.values()) == {1}
+    kept = contacts[contacts.customer_id != "C2"].reset_index(drop=True)
+    csv = pd.read_csv(written[0], dtype=str, keep_default_na=False)
+    assert_frame_equal(csv, kept)
+    with pd.ExcelFile(written[1]) as book:
+        assert book.sheet_names == ["contacts"]
+        xlsx = book.parse("contacts", dtype=str).fillna("")
+    assert_frame_equal(xlsx, kept)

@@ -413,3 +413,28 @@ def test_diagnostic_sample_keeps_small_frames_whole_and_samples_large_ones():
     assert set(part.customer_id) <= set(frame.customer_id)
     pd.testing.assert_frame_equal(part, segment.diagnostic_sample(frame, 30, seed=1))
     assert list(part.customer_id) != list(segment.diagnostic_sample(frame, 30, seed=2).customer_id)
+
+
+def test_export_contacts_writes_text_as_text_to_csv_and_excel(tmp_path):
+    import openpyxl
+
+    contacts = segment.neutralise_formulas(
+        pd.DataFrame(
+            {
+                "customer_id": ["C1", "C2"],
+                "name": ["王芳", '=HYPERLINK("x")'],
+                "email": ["a@x.cn", None],
+                "phone": ["+8613812345678", "0101234567"],
+                "segment": ["At Risk", "Lost"],
+            }
+        )
+    )
+    csv_path, xlsx_path = segment.export_contacts(contacts, tmp_path / "run1")
+    assert csv_path.read_bytes().startswith(b"\xef\xbb\xbf")  # Excel opens UTF-8 with a BOM
+    assert_frame_equal(pd.read_csv(csv_path, dtype=str, keep_default_na=False), contacts.fillna(""))
+    sheet = openpyxl.load_workbook(xlsx_path)["contacts"]
+    rows = [[c.value for c in row] for row in sheet.iter_rows()]
+    assert rows[0] == list(contacts.columns)
+    assert rows[1:] == contacts.astype(object).where(contacts.notna(), None).values.tolist()
+    # every cell is a string: no phone becomes a number, no text a formula
+    assert {c.data_type for row in sheet.iter_rows(min_row=2) for c in row if c.value} == {"s"}

@@ -303,17 +303,23 @@ def erase_from_files(folders: Iterable[Path], ids: list[str]) -> dict[str, int]:
     dict
         File -> rows removed (files with none left out).
     """
-    readers = {".csv": pd.read_csv, ".xlsx": pd.read_excel, ".parquet": pd.read_parquet}
+    suffixes = (".csv", ".xlsx", ".parquet")
     out: dict[str, int] = {}
     for folder in folders:
         if not folder.is_dir():
             continue
-        for path in sorted(p for p in folder.rglob("*") if p.suffix in readers and p.is_file()):
-            frame = (
-                readers[path.suffix](path, dtype={"customer_id": str})
-                if path.suffix != ".parquet"
-                else readers[path.suffix](path)
-            )
+        for path in sorted(p for p in folder.rglob("*") if p.suffix in suffixes and p.is_file()):
+            # text files are read as text, so the rows kept are written back as they were
+            # (a phone "+8613812345678" or an id "007" is not turned into a number)
+            sheet = None
+            if path.suffix == ".csv":
+                frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            elif path.suffix == ".xlsx":
+                with pd.ExcelFile(path) as book:
+                    sheet = book.sheet_names[0]
+                    frame = book.parse(sheet, dtype=str)
+            else:
+                frame = pd.read_parquet(path)
             if "customer_id" not in frame.columns:
                 continue
             hit = frame.customer_id.astype(str).str.strip().isin(ids)
@@ -324,7 +330,7 @@ def erase_from_files(folders: Iterable[Path], ids: list[str]) -> dict[str, int]:
             if path.suffix == ".csv":
                 kept.to_csv(tmp, index=False, encoding="utf-8-sig")
             elif path.suffix == ".xlsx":
-                kept.to_excel(tmp, index=False)
+                kept.to_excel(tmp, index=False, sheet_name=sheet or "Sheet1")
             else:
                 kept.to_parquet(tmp, index=False)
             os.replace(tmp, path)
