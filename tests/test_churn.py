@@ -3,6 +3,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
+from pandas.testing import assert_frame_equal
 
 from crm_analytics import churn, store
 
@@ -565,4 +566,29 @@ def test_binary_log_loss_is_sklearns_log_loss():
     assert churn.binary_log_loss(y, p) == pytest.approx(log_loss(y, p, labels=[0, 1]), rel=1e-12)
     assert churn.binary_log_loss(np.array([1, 0]), np.array([0.9, 0.2])) == pytest.approx(
         -(np.log(0.9) + np.log(0.8)) / 2
+    )
+
+
+def test_tuning_stops_growing_a_candidate_once_validation_loss_stalls(monkeypatch):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    train, valid = _panel("2025-01-01", n=2000), _panel("2025-02-01", n=2000)
+    grown = []
+    real_fit = HistGradientBoostingClassifier.fit
+
+    def recording_fit(self, *args, **kwargs):
+        out = real_fit(self, *args, **kwargs)
+        grown.append(self.n_iter_)
+        return out
+
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", recording_fit)
+    grid = dict(learning_rates=(0.3,), max_leaf_nodes=(15,), max_iter=200, seed=1)
+    all_trees = churn.tune_gbm(train, valid, **grid, patience=0)
+    stopped = churn.tune_gbm(train, valid, **grid, patience=20)
+    assert grown[0] == 200 and grown[1] < 200  # the second fit stopped early
+    # the best number of trees lies before the stop: the same choice and the same model
+    assert stopped[0] == all_trees[0] and stopped[0]["max_iter"] + 20 <= grown[1]
+    assert_frame_equal(stopped[1], all_trees[1])
+    np.testing.assert_array_equal(
+        stopped[2].predict_proba(valid), all_trees[2].predict_proba(valid)
     )

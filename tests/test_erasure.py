@@ -327,7 +327,9 @@ def test_erasing_from_an_export_keeps_the_other_rows_values_as_written(tmp_path)
             "segment": ["At Risk", "At Risk", "Need Attention"],
         }
     )
-    written = segment.export_contacts(contacts, tmp_path / "exports" / "run1")
+    written = segment.export_contacts(
+        ibis.duckdb.connect(), contacts, tmp_path / "exports" / "run1"
+    )
     removed = erasure.erase_from_files([tmp_path / "exports"], ["C2"])
     assert sorted(removed) == sorted(str(p) for p in written) and set(removed.values()) == {1}
     kept = contacts[contacts.customer_id != "C2"].reset_index(drop=True)

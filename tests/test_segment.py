@@ -429,7 +429,9 @@ def test_export_contacts_writes_text_as_text_to_csv_and_excel(tmp_path):
             }
         )
     )
-    csv_path, xlsx_path = segment.export_contacts(contacts, tmp_path / "run1")
+    csv_path, xlsx_path = segment.export_contacts(
+        ibis.duckdb.connect(), contacts, tmp_path / "run1"
+    )
     assert csv_path.read_bytes().startswith(b"\xef\xbb\xbf")  # Excel opens UTF-8 with a BOM
     assert_frame_equal(pd.read_csv(csv_path, dtype=str, keep_default_na=False), contacts.fillna(""))
     sheet = openpyxl.load_workbook(xlsx_path)["contacts"]
