@@ -467,7 +467,7 @@ def _insert_raw(
     if once and rescan is None:
         duck.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {select}")
         select = "SELECT * FROM _incoming"
-    keys_from = rescan if once and rescan is not None else select
+    keys_from = rescan or select
     # a first pass reads only the key column (the scans push the projection down); the
     # rows are then filtered as they are inserted, so none is staged anywhere
     if keyed:  # each distinct key is hashed once, not each row
@@ -539,7 +539,7 @@ def _load_csv(
     delimiter = spec_.get("delimiter") or ("\t" if path.suffix.lower() == ".tsv" else None)
     names, delimiter = _header(read_path, delimiter)
     items = _select_canonical(table, names, spec_, label)
-    stream, _ = _insert_numbered(
+    stream = _insert_numbered(
         duck,
         table,
         items,
@@ -582,19 +582,18 @@ def _load_csv(
 
 def _insert_numbered(
     duck: Any, table: str, items: list[str], scan: str, rescan: str, label: str
-) -> tuple[NumberedStream, int]:
+) -> NumberedStream:
     """Append the rows of a file scan to ``raw_<table>``, numbered in file order.
 
     ``items`` are the canonical SELECT items (:func:`_select_canonical`); ``rescan``
     reads the same rows again for the suppression list's key pass (a CSV scan that
-    does not store its rejects a second time). Returns the consumed stream and the
-    rows withheld.
+    does not store its rejects a second time). Returns the consumed stream.
     """
     stream = numbered_stream(duck, f"SELECT {', '.join(items)} FROM {scan}")
     names = ", ".join(_ident(c) for c in spec(table).columns)
     duck.register("_numbered", stream.reader)
     try:
-        withheld = _insert_raw(
+        _insert_raw(
             duck,
             table,
             f"SELECT {names}, {sql_literal(label)}, _source_row FROM _numbered",
@@ -607,7 +606,7 @@ def _insert_numbered(
         raise
     finally:
         duck.unregister("_numbered")
-    return stream, withheld
+    return stream
 
 
 def _load_file(duck: Any, table: str, kind: str, path: Path, spec_: dict[str, Any]) -> int:
@@ -631,7 +630,7 @@ def _load_file(duck: Any, table: str, kind: str, path: Path, spec_: dict[str, An
                 scan = _scan_sql(duck, kind, read_path)
             available = _source_columns(duck, scan)
             items = _select_canonical(table, available, spec_, label)
-            stream, _ = _insert_numbered(duck, table, items, scan, scan, label)
+            stream = _insert_numbered(duck, table, items, scan, scan, label)
             stream.cursor.close()
         except SourceError:
             raise
