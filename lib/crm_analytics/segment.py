@@ -23,7 +23,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
 from crm_analytics.schemas import require_columns
-from crm_analytics.store import to_frame
+from crm_analytics.store import load_extension, sql_literal, to_frame
 
 RF_SEGMENT_RULES: list[tuple[tuple[int, int], tuple[int, int], str]] = [
     ((5, 5), (4, 5), "Champions"),
@@ -686,8 +686,6 @@ def export_contacts(
     list of Path
         The CSV file and the workbook (sheet ``contacts``).
     """
-    from crm_analytics.store import load_extension, sql_literal
-
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, xlsx_path = folder / f"{stem}.csv", folder / f"{stem}.xlsx"
     contacts.to_csv(csv_path, index=False, encoding="utf-8-sig")
