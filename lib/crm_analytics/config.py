@@ -117,7 +117,7 @@ def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
     if "store" not in params:
         raise ValueError(f"{file}: missing required key 'store' (the DuckDB file of the store)")
     store = str(params["store"])
-    resolved = expand_env(store) if _ENV_REF.search(store) else store
+    resolved = expand_env(store)
     if "://" in resolved or resolved in ("", ":memory:"):
         raise ValueError(
             f"{file}: 'store' must be a DuckDB file, not "
@@ -130,7 +130,7 @@ def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
     if engine not in ("store", "spark", "postgres"):
         raise ValueError(f"{file}: 'engine' must be store, spark or postgres, not {engine!r}")
     url = str(params.get("engine_url", "") or "")
-    resolved = expand_env(url) if _ENV_REF.search(url) else url
+    resolved = expand_env(url)
     if engine == "postgres" and not resolved.startswith(("postgresql://", "postgres://")):
         raise ValueError(
             f"{file}: 'engine: postgres' needs 'engine_url: postgresql://user@host:5432/db' "

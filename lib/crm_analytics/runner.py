@@ -731,6 +731,21 @@ def _new_run_folder(reports: Path, run_id: str | None) -> Path:
     raise FileExistsError(f"no free run folder for {stamp} under {reports}")
 
 
+def _store_file(store: str, params_file: str | os.PathLike[str]) -> Path:
+    """Return the DuckDB file of the ``store`` parameter.
+
+    Raises
+    ------
+    ValueError
+        If it is a database URL or in-memory (:func:`load_params` refuses these, but a
+        ``${NAME}`` may have changed since).
+    """
+    path = duckdb_path(store)
+    if path is None:
+        raise ValueError(f"{params_file}: 'store' must be a DuckDB file, not a database URL")
+    return path
+
+
 def run_pipeline(
     params_file: str | Path,
     run_id: str | None = None,
@@ -788,9 +803,7 @@ def run_pipeline(
     language = check_language(str(params.get("report_language", "en")))
     stages = stages_to_run(from_stage, only)
     reports = resolve_path(reports_dir, root)
-    store_file = duckdb_path(str(params.get("store", "")))
-    if store_file is None:  # load_params refuses these; a ${NAME} may change after it
-        raise ValueError(f"{params_file}: 'store' must be a DuckDB file, not a database URL")
+    store_file = _store_file(str(params.get("store", "")), params_file)
     lock_id = run_id or f"pid {os.getpid()}"
     with store_lock(store_file, lock_id):
         return _run_stages(params, params_file, stages, reports, run_id, store_file, kernel,
@@ -1033,9 +1046,7 @@ def forget_customer(
     folders.add(
         resolve_path(str((params.get("report") or {}).get("snapshot_dir", "data/snapshots")), root)
     )
-    store_file = duckdb_path(store)
-    if store_file is None:  # load_params refuses these; a ${NAME} may change after it
-        raise ValueError(f"{params_file}: 'store' must be a DuckDB file, not a database URL")
+    store_file = _store_file(store, params_file)
     with store_lock(store_file, f"forget {customer_id}"):
         con = connect(store, encryption_key_env=key_env)
         try:

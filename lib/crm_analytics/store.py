@@ -726,9 +726,7 @@ def postgres_engine(url: str) -> tuple[BaseBackend, str]:
             if not cur.fetchone()[0]:
                 continue  # a live session holds it
             try:  # nobody held it: its session has ended
-                cur.execute(
-                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(stale))
-                )
+                _drop_schema(cur, stale)
             finally:
                 cur.execute(
                     "SELECT pg_advisory_unlock(%s, hashtext(%s))", (ENGINE_LOCK_NAMESPACE, stale)
@@ -752,6 +750,13 @@ def postgres_engine(url: str) -> tuple[BaseBackend, str]:
     return pg, schema
 
 
+def _drop_schema(cur: Any, schema: str) -> None:
+    """Drop a PostgreSQL schema and its tables, the name quoted by psycopg."""
+    from psycopg import sql
+
+    cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
 def close_engine(schema: str) -> None:
     """Drop an engine schema of this process and end its session (idempotent).
 
@@ -764,7 +769,8 @@ def close_engine(schema: str) -> None:
     if pg is None:
         return
     try:
-        pg.raw_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        with pg.con.cursor() as cur:
+            _drop_schema(cur, schema)
     except Exception:  # the session is gone: its lock too, so the next call drops the schema
         pass
     try:
