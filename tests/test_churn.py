@@ -325,6 +325,60 @@ def test_rolling_backtest_refits_at_every_origin():
     assert summary.loc["noise", "roc_auc_std"] == pytest.approx(by_hand.std())
 
 
+def test_frame_sharing_order_chains_origins_whole_windows_apart():
+    origins = churn.backtest_origins("2026-06-30", 4, 30)  # 04-01, 05-01, 05-31, 06-30
+    d = dt.date
+    assert churn.frame_sharing_order(origins, 60) == [
+        d(2026, 6, 30),
+        d(2026, 5, 1),
+        d(2026, 5, 31),
+        d(2026, 4, 1),
+    ]
+    assert (
+        churn.frame_sharing_order(origins, 30) == origins[::-1]
+    )  # every origin shares with the next
+    assert churn.frame_sharing_order(origins, 70) == origins[::-1]  # none share: newest first
+    assert churn.frame_sharing_order(origins, 45)[:2] == [
+        d(2026, 6, 30),
+        d(2026, 4, 1),
+    ]  # 90 days: two windows
+    assert sorted(churn.frame_sharing_order(origins, 0)) == origins
+
+
+def test_rolling_backtest_visits_frame_sharing_origins_together_and_keeps_their_order():
+    origins = churn.backtest_origins("2026-06-30", 4, 30)
+    visited, built = [], []
+    cache: dict[dt.date, pd.DataFrame] = {}
+
+    def frame_at(cutoff):  # a frame cache holding one split's five frames, least recent out
+        if cutoff in cache:
+            cache[cutoff] = cache.pop(cutoff)
+        else:
+            built.append(cutoff)
+            if len(cache) >= 5:
+                del cache[next(iter(cache))]
+            cache[cutoff] = _panel(cutoff)
+        return cache[cutoff]
+
+    def split_at(origin):
+        visited.append(origin)
+        cutoffs = [origin - dt.timedelta(days=60 * k) for k in range(5)]
+        frames = [frame_at(c) for c in cutoffs]
+        return churn.ChurnSplit(
+            pd.concat(frames[2:], ignore_index=True), frames[1], frames[0], "temporal", {}
+        )
+
+    models = lambda: churn.ChurnModelSet(params={"logistic": {"kind": "logistic", "c": 1.0}})  # noqa: E731
+    bt = churn.rolling_backtest(origins, split_at, models, window_days=60)
+    assert visited == churn.frame_sharing_order(origins, 60)
+    assert len(built) == 5 + 1 + 5 + 1  # each chain's second origin builds one new frame
+    assert bt.origin.drop_duplicates().tolist() == [str(o) for o in origins]
+    visited.clear(), built.clear(), cache.clear()
+    plain = churn.rolling_backtest(origins, split_at, models)
+    assert visited == origins and len(built) == 4 * 5
+    pd.testing.assert_frame_equal(bt, plain)  # the order of the fits changes nothing else
+
+
 def test_top_reasons_name_the_feature_that_raises_risk():
     rng = np.random.default_rng(5)
     n = 3000
