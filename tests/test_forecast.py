@@ -136,6 +136,56 @@ def test_forecast_series_chooses_by_backtest_and_beats_seasonal_naive():
     assert r.info["fallback_reason"] is None and r.info["failed"] == {}
 
 
+def test_a_fixed_order_reproduces_the_searched_model():
+    y = _seasonal_series()
+    searched = forecast.ArimaForecaster(52, fourier_k=2).fit(y)
+    fixed = forecast.ArimaForecaster(52, fourier_k=2, order=searched.order_, seasonal_order=searched.seasonal_order_,
+                                     with_intercept=searched.with_intercept_).fit(y)  # fmt: skip
+    assert fixed.order_ == searched.order_ and fixed.aic_ == pytest.approx(searched.aic_, rel=1e-9)
+    assert_frame_equal(fixed.predict(8), searched.predict(8), rtol=1e-9)
+
+
+def test_first_origin_search_keeps_that_order_for_the_later_origins(monkeypatch):
+    y = _seasonal_series(seed=3)
+    settings = dict(origins=3, step=4, models=("arima",), fourier_k=2, ensemble_size=0)
+    every = forecast.forecast_series(forecast.SeriesTask("s", y, None, None, 52, 8, **settings))
+    fits, fit = [], forecast.ArimaForecaster.fit
+
+    def recorded(self, y, x=None):
+        fits.append((len(y), self.order))
+        return fit(self, y, x)
+
+    monkeypatch.setattr(forecast.ArimaForecaster, "fit", recorded)
+    first = forecast.forecast_series(
+        forecast.SeriesTask("s", y, None, None, 52, 8, arima_search="first_origin", **settings)
+    )
+    found = fits[0][1] is None and fits[1][1]
+    # searched at the first origin and on the whole history, that order in between
+    assert fits == [(140, None), (144, found), (148, found), (156, None)]
+    arima = {
+        name: r.backtest[r.backtest.model == "arima"]
+        for name, r in (("every", every), ("first", first))
+    }
+    cuts = sorted(arima["first"].origin.unique())
+    assert cuts == [140, 144, 148]
+    # the first origin searches in both modes
+    assert_frame_equal(
+        arima["first"][arima["first"].origin == 140], arima["every"][arima["every"].origin == 140]
+    )
+    monkeypatch.setattr(forecast.ArimaForecaster, "fit", fit)
+    _, found = forecast.fit_forecast("arima", y[:140], 8, 52, fourier_k=2)
+    for cut in cuts[1:]:  # the later ones re-estimate that order on their own window
+        again, info = forecast.fit_forecast("arima", y[:cut], 8, 52, fourier_k=2, arima_order=found)
+        assert info["order"] == found["order"]
+        got = arima["first"][arima["first"].origin == cut]
+        np.testing.assert_allclose(got.point.to_numpy(), again.point.to_numpy(), rtol=1e-9)
+    # the forecast itself comes from a search on the whole history either way
+    assert first.info["order"] == every.info["order"]
+    assert_frame_equal(first.future, every.future)
+    with pytest.raises(ValueError, match="arima_search"):
+        forecast.SeriesTask("s", y, None, None, 52, 8, arima_search="sometimes")
+
+
 def test_a_failing_model_falls_back_with_its_reason():
     y = _seasonal_series(n=120)
     x = pd.DataFrame({"promo": np.r_[np.zeros(119), 1.0]})

@@ -155,6 +155,12 @@ class ArimaForecaster:
         Longest period modelled as a seasonal ARIMA; longer ones use Fourier terms.
     seed : int, default 42
         Random seed passed to pmdarima.
+    order, seasonal_order : tuple, optional
+        Fit this order (e.g. one searched on an earlier window, see
+        :func:`forecast_series`) instead of searching with ``auto_arima``;
+        ``seasonal_order`` defaults to none.
+    with_intercept : bool, default True
+        Whether a fixed ``order`` has an intercept (a search decides for itself).
 
     Attributes
     ----------
@@ -164,6 +170,8 @@ class ArimaForecaster:
         Chosen (p, d, q).
     seasonal_order_ : tuple
         Chosen (P, D, Q, m).
+    with_intercept_ : bool
+        Whether the chosen model has an intercept.
     aic_ : float
         AIC of the chosen model.
     fit_seconds_ : float
@@ -176,11 +184,17 @@ class ArimaForecaster:
         fourier_k: int = 4,
         max_seasonal_m: int = 24,
         seed: int = 42,
+        order: tuple[int, int, int] | None = None,
+        seasonal_order: tuple[int, int, int, int] | None = None,
+        with_intercept: bool = True,
     ) -> None:
         self.seasonal_period = seasonal_period
         self.fourier_k = fourier_k
         self.max_seasonal_m = max_seasonal_m
         self.seed = seed
+        self.order = order
+        self.seasonal_order = seasonal_order
+        self.with_intercept = with_intercept
 
     def fit(self, y: np.ndarray, x: pd.DataFrame | None = None) -> ArimaForecaster:
         """Fit to a history, with optional exogenous regressors.
@@ -212,15 +226,23 @@ class ArimaForecaster:
         if x is not None and len(x.columns):
             self.exog_ = [c for c in x.columns if x[c].nunique() > 1]
             xs = x[self.exog_].to_numpy(dtype=float) if self.exog_ else None
+        fixed = None
+        if self.order is not None:
+            fixed = pm.ARIMA(order=tuple(self.order),
+                             seasonal_order=tuple(self.seasonal_order or (0, 0, 0, 0)),
+                             with_intercept=self.with_intercept, suppress_warnings=True)  # fmt: skip
         if m > self.max_seasonal_m:
             k = max(1, min(self.fourier_k, m // 2))
             self.model_ = Pipeline(
                 [
                     ("fourier", FourierFeaturizer(m=m, k=k)),
-                    ("arima", pm.arima.AutoARIMA(seasonal=False, **common)),
+                    ("arima", fixed or pm.arima.AutoARIMA(seasonal=False, **common)),
                 ]
             ).fit(y, X=xs)
-            arima = self.model_.steps_[-1][1].model_
+            arima = self.model_.steps_[-1][1]
+            arima = arima if fixed is not None else arima.model_
+        elif fixed is not None:
+            self.model_ = arima = fixed.fit(y, X=xs)
         else:
             seasonal = m > 1 and len(y) >= 2 * m
             self.model_ = pm.auto_arima(
@@ -229,6 +251,7 @@ class ArimaForecaster:
             arima = self.model_
         self.order_ = tuple(arima.order)
         self.seasonal_order_ = tuple(arima.seasonal_order)
+        self.with_intercept_ = bool(arima.with_intercept)
         self.aic_ = float(arima.aic())
         self.fit_seconds_ = time.perf_counter() - t0
         return self
@@ -454,6 +477,7 @@ def fit_forecast(
     x_future: pd.DataFrame | None = None,
     fourier_k: int = 4,
     seed: int = 42,
+    arima_order: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Fit one model to a history and forecast ``horizon`` periods with 80% and 95% intervals.
 
@@ -473,12 +497,16 @@ def fit_forecast(
         Fourier pairs of a long season (ARIMA).
     seed : int, default 42
         Random seed.
+    arima_order : dict, optional
+        ``order``, ``seasonal_order`` and ``with_intercept`` of an ARIMA fitted
+        before (the info of an earlier call): that order's coefficients are
+        estimated on ``y`` instead of searching for an order.
 
     Returns
     -------
     tuple
-        (frame with :data:`INTERVAL_COLUMNS`, info dict: order, seasonal_order, aic,
-        seconds; None where not applicable).
+        (frame with :data:`INTERVAL_COLUMNS`, info dict: order, seasonal_order,
+        with_intercept, aic, seconds; None where not applicable).
     """
     t0 = time.perf_counter()
     info: dict[str, Any] = {"order": None, "seasonal_order": None, "aic": None}
@@ -499,14 +527,17 @@ def fit_forecast(
                             "lower_95": f95["pi_lower"].to_numpy(), "upper_95": f95["pi_upper"].to_numpy()})  # fmt: skip
         info["aic"] = float(res.aic)
     elif kind == "arima":
-        model = ArimaForecaster(m, fourier_k, seed=seed).fit(y, x)
+        fixed = arima_order or {}
+        model = ArimaForecaster(m, fourier_k, seed=seed, order=fixed.get("order"),
+                                seasonal_order=fixed.get("seasonal_order"),
+                                with_intercept=fixed.get("with_intercept", True)).fit(y, x)  # fmt: skip
         p95 = model.predict(horizon, 0.05, x_future)
         p80 = model.predict(horizon, 0.20, x_future)
         out = pd.DataFrame({"point": p95.point.to_numpy(), "lower_80": p80.lower.to_numpy(),
                             "upper_80": p80.upper.to_numpy(), "lower_95": p95.lower.to_numpy(),
                             "upper_95": p95.upper.to_numpy()})  # fmt: skip
         info.update(order=list(model.order_), seasonal_order=list(model.seasonal_order_),
-                    aic=model.aic_, regressors=model.exog_)  # fmt: skip
+                    with_intercept=model.with_intercept_, aic=model.aic_, regressors=model.exog_)  # fmt: skip
     else:
         raise ValueError(f"unknown model {kind!r}; known: {', '.join(MODELS)}")
     info["seconds"] = round(time.perf_counter() - t0, 3)
@@ -570,6 +601,11 @@ class SeriesTask:
         Wall-time budget of the series; models not done by then are dropped.
     ensemble_size : int
         Best models averaged into the candidate ensemble (0 for none).
+    arima_search : str
+        Where the backtest searches the ARIMA order: ``"every_origin"``, or
+        ``"first_origin"`` (the later origins re-estimate the coefficients of the
+        order found at the first, which saw no later data; about half the time).
+        The final fit on the whole history always searches.
     """
 
     name: str
@@ -585,6 +621,17 @@ class SeriesTask:
     seed: int = 42
     time_budget_s: float = 120.0
     ensemble_size: int = 2
+    arima_search: str = "every_origin"
+
+    def __post_init__(self) -> None:
+        if self.arima_search not in ARIMA_SEARCH:
+            raise ValueError(
+                f"arima_search must be one of {', '.join(ARIMA_SEARCH)}, got {self.arima_search!r}"
+            )
+
+
+ARIMA_SEARCH: tuple[str, ...] = ("every_origin", "first_origin")
+"""Where a backtest searches the ARIMA order (see :class:`SeriesTask`)."""
 
 
 @dataclass
@@ -696,12 +743,26 @@ def forecast_series(task: SeriesTask) -> SeriesResult:
                 failed[kind] = "not started: the series' time budget was used up"
                 continue
             done = []
+            searched: dict[str, Any] | None = None  # the order found at the first origin
             try:
                 for cut in cuts:
                     xh = task.x.iloc[:cut] if task.x is not None else None
                     xf = task.x.iloc[cut : cut + task.horizon] if task.x is not None else None
-                    f, _ = fit_forecast(kind, y[:cut], task.horizon, m, xh, xf,
-                                        task.fourier_k, task.seed)  # fmt: skip
+                    try:
+                        f, fitted = fit_forecast(kind, y[:cut], task.horizon, m, xh, xf,
+                                                 task.fourier_k, task.seed, searched)  # fmt: skip
+                    except _OutOfTime:
+                        raise
+                    except Exception:
+                        if searched is None:
+                            raise
+                        # the first origin's order does not fit this window: search here
+                        f, fitted = fit_forecast(kind, y[:cut], task.horizon, m, xh, xf,
+                                                 task.fourier_k, task.seed)  # fmt: skip
+                    if kind == "arima" and task.arima_search == "first_origin" and searched is None:
+                        searched = {
+                            k: fitted[k] for k in ("order", "seasonal_order", "with_intercept")
+                        }
                     actual = y[cut : cut + task.horizon]
                     done.append((cut, f, actual))
             except _OutOfTime:
