@@ -905,21 +905,36 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
             )
             con.drop_table(found)
         staged = con.table(f"_staged_{table}")
-    else:
+    # with no statistic of the kept rows to compute (outlier bounds, imputed values), every
+    # row is written to the clean table once, judged; the rejected ones are deleted after
+    # (their few row ids marked) and the judgement columns dropped (a change to the
+    # catalogue): one copy of the rows instead of a staged one and the clean one
+    helpers = ["_duplicate", "_column", "_reason", *[f"_fix_{i}" for i in range(len(rules.fixes))]]
+    in_place = not staged_already and _row_level_only(table, settings)
+    if in_place:
+        judged = staged.select(
+            **{c: staged[f"_t_{c}"] for c in [*cols, *extra]},
+            _source=staged._source,
+            _source_row=staged._source_row,
+            **{h: staged[h] for h in helpers},
+        )
+        judged, missing = apply_missing_strategies(judged, table, settings)  # flags only
+        con.create_table(table, judged, overwrite=True)
+        staged = con.table(table)
+    elif not staged_already:
         staged = create_temp_table(con, f"_staged_{table}", staged)
 
     keep = staged._reason.isnull() & ~staged._duplicate
-    kept = staged.filter(keep)
-    clean = kept.select(
-        **{c: kept[f"_t_{c}"] for c in [*cols, *extra]},
-        _source=kept._source,
-        _source_row=kept._source_row,
-    )
-    clean = apply_outlier_flags(clean, table, settings)
-    clean, missing = apply_missing_strategies(clean, table, settings)
-    con.create_table(table, clean, overwrite=True)
-    if missing:
-        con.insert("missing_values", _missing_counts(con, table, missing))
+    if not in_place:
+        kept = staged.filter(keep)
+        clean = kept.select(
+            **{c: kept[f"_t_{c}"] for c in [*cols, *extra]},
+            _source=kept._source,
+            _source_row=kept._source_row,
+        )
+        clean = apply_outlier_flags(clean, table, settings)
+        clean, missing = apply_missing_strategies(clean, table, settings)
+        con.create_table(table, clean, overwrite=True)
     bad = staged.filter(staged._reason.notnull() & ~staged._duplicate)
     con.insert(
         "quarantine",
@@ -939,7 +954,15 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     }
     aggs.update({f"_fix_{i}": (keep & staged[f"_fix_{i}"]).sum() for i in range(len(rules.fixes))})
     counts = staged.aggregate(**aggs).to_pandas().iloc[0]
-    con.drop_table(f"_staged_{table}")
+    if in_place:
+        quoted = table.replace('"', '""')
+        con.raw_sql(f'DELETE FROM "{quoted}" WHERE _reason IS NOT NULL OR _duplicate')
+        for h in helpers:
+            con.raw_sql(f'ALTER TABLE "{quoted}" DROP COLUMN "{h}"')
+    else:
+        con.drop_table(f"_staged_{table}")
+    if missing:
+        con.insert("missing_values", _missing_counts(con, table, missing))
     # sums over an empty table are NULL
     n = {k: 0 if pd.isna(v) else int(v) for k, v in counts.items()}
     fixes = pd.DataFrame(
@@ -955,6 +978,20 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     if out["input"] != out["kept"] + out["duplicates"] + out["quarantined"]:
         raise RuntimeError(f"row accounting does not add up for {table}: {out}")
     return out
+
+
+def _row_level_only(table: str, settings: CleanSettings) -> bool:
+    """Whether the table's clean rows need no statistic of the kept rows.
+
+    True when no outlier rule applies to the table and no missing-value strategy
+    imputes (flags are judged row by row).
+    """
+    if any(key.split(".", 1)[0] == table for key in settings.outliers):
+        return False
+    return not any(
+        key.split(".", 1)[0] == table and strategy.startswith("impute")
+        for key, strategy in settings.missing.items()
+    )
 
 
 def apply_outlier_flags(clean: ir.Table, table: str, settings: CleanSettings) -> ir.Table:
