@@ -428,3 +428,40 @@ def test_key_repeats_and_missing_parents_judge_only_rows_still_valid(duck):
         [5, "customer_id: no valid customers row with this customer_id"],
         [6, "order_id: duplicate key, first kept"],
     ]
+
+
+EVENTS = [
+    {"customer_id": "C1", "ts": "2025-01-01 10:00:00", "event_type": "VIEW", "page": "/p/1", "category": "fashion"},
+    {"customer_id": "C1", "ts": "2025-01-01 10:00:00", "event_type": "VIEW", "page": "/p/1", "category": "fashion"},
+    {"customer_id": "C9", "ts": "2025-01-02 10:00:00", "event_type": "view"},  # no such customer
+    {"customer_id": "C2", "ts": "yesterday", "event_type": "cart_add"},  # no time
+    {"customer_id": "C2", "ts": "2025-01-03", "event_type": "Cart_Add", "page": " /cart "},
+]  # fmt: skip
+
+
+def test_tables_judged_in_place_equal_the_staged_copy(duck, monkeypatch):
+    """Tables with no kept-row statistic are written once and their rejects deleted; the
+    result is the one the staged path (the only path for the others) gives."""
+    settings = clean.CleanSettings.build(as_of=AS_OF, missing={"orders.region": "flag"})
+    assert clean._row_level_only("events", settings) and clean._row_level_only(
+        "order_items", settings
+    )
+    assert not clean._row_level_only("orders", SETTINGS)  # its amounts get outlier flags
+    results = []
+    for in_place in (True, False):
+        monkeypatch.setattr(clean, "_row_level_only", lambda t, s, keep=in_place: keep)
+        _all_raw(duck, customers=CUSTOMERS, orders=ORDERS, order_items=ITEMS, events=EVENTS)
+        acc = clean.clean_all(duck, settings)
+        tables = {
+            t: duck.table(t).to_pandas()
+            for t in [*TABLES, "quarantine", "missing_values", "value_fixes"]
+        }
+        results.append((acc, tables))
+    (acc_in, got), (acc_staged, expected) = results
+    assert_frame_equal(acc_in, acc_staged)
+    assert acc_in.set_index("table").loc[
+        "events", ["kept", "duplicates", "quarantined"]
+    ].tolist() == [2, 1, 2]
+    for name, frame in expected.items():
+        assert_frame_equal(got[name], frame, obj=name)
+    assert list(got["events"].columns) == [*TABLES["events"].columns, "_source", "_source_row"]
