@@ -107,6 +107,7 @@ def customer_features(
     tickets: ir.Table | None = None,
     surveys: ir.Table | None = None,
     activity_window_days: int = 90,
+    sort: bool = True,
 ) -> ir.Table:
     """Return one row of behavioural features per customer, from data before ``cutoff``.
 
@@ -124,6 +125,9 @@ def customer_features(
         Clean behaviour, support and survey tables; add their features when given.
     activity_window_days : int, default 90
         Window before the cutoff for the recent-activity counts.
+    sort : bool, default True
+        Sort by customer_id; False for a part of a larger query (DuckDB keeps the
+        sort of this left side of the churn frame's joins: 0.7 of 11.5 s at 1M).
 
     Returns
     -------
@@ -213,7 +217,7 @@ def customer_features(
             mean_nps=sv.nps.mean().cast("float64"), mean_csat=sv.csat.mean().cast("float64")
         )
         out = out.left_join(agg, "customer_id").drop("customer_id_right")
-    return out.order_by("customer_id")
+    return out.order_by("customer_id") if sort else out
 
 
 def sales_series(
@@ -795,7 +799,7 @@ def churn_features(
     c = _ts(cutoff)
     out = customer_features(
         orders, cutoff, customers, events, tickets, tables.get("surveys"),
-        activity_window_days=activity_window_days,
+        activity_window_days=activity_window_days, sort=False,
     )  # fmt: skip
     out = out.left_join(purchase_dynamics(orders, cutoff, windows), "customer_id").drop(
         "customer_id_right"
