@@ -377,6 +377,18 @@ def test_rolling_backtest_visits_frame_sharing_origins_together_and_keeps_their_
     plain = churn.rolling_backtest(origins, split_at, models)
     assert visited == origins and len(built) == 4 * 5
     pd.testing.assert_frame_equal(bt, plain)  # the order of the fits changes nothing else
+    # a model set fitted before on an origin's frames is evaluated, not refitted
+    newest = split_at(origins[-1])
+    main = churn.ChurnModelSet(params={"logistic": {"kind": "logistic", "c": 1.0}}).fit(
+        newest.train, newest.valid
+    )
+    fits = []
+    counted = lambda: fits.append(1) or models()  # noqa: E731
+    reused = churn.rolling_backtest(
+        origins, split_at, counted, window_days=60, fitted={str(origins[-1]): main}
+    )
+    assert len(fits) == 3
+    pd.testing.assert_frame_equal(reused, plain)
 
 
 def test_top_reasons_name_the_feature_that_raises_risk():

@@ -1233,6 +1233,7 @@ def rolling_backtest(
     extra_scores: Callable[[ChurnSplit], dict[str, np.ndarray]] | None = None,
     label_col: str = "churned",
     window_days: int | None = None,
+    fitted: dict[str, ChurnModelSet] | None = None,
 ) -> pd.DataFrame:
     """Refit and evaluate at each origin (rolling origin), one row per origin and model.
 
@@ -1252,6 +1253,11 @@ def rolling_backtest(
         Label window of a time-based ``split_at``: the origins are then visited in
         :func:`frame_sharing_order`, so that a bounded frame cache builds fewer
         frames. The rows come out in the order of ``origins`` either way.
+    fitted : dict, optional
+        ``str(origin)`` -> a model set already fitted on the training and
+        validation frames ``split_at(origin)`` gives, with the settings ``models``
+        has (e.g. the main model set at the test cutoff): it is evaluated
+        instead of refitted, with the same result.
 
     Returns
     -------
@@ -1262,8 +1268,10 @@ def rolling_backtest(
     visit = frame_sharing_order(origins, window_days) if window_days else list(origins)
     for origin in visit:
         split = split_at(origin)
-        fitted = models().fit(split.train, split.valid, label_col)
-        scores = fitted.predict_proba(split.test)
+        model_set = (fitted or {}).get(str(origin))
+        if model_set is None:
+            model_set = models().fit(split.train, split.valid, label_col)
+        scores = model_set.predict_proba(split.test)
         if extra_scores is not None:
             scores |= extra_scores(split)
         y = split.test[label_col].astype(int).to_numpy()
