@@ -88,7 +88,8 @@ def test_recommendations_equal_a_full_sort_of_every_item():
         .drop_duplicates()
     )
     model = crosssell.CooccurrenceRecommender(k=5).fit(bought)
-    got = model.recommend(bought, batch=64)
+    got = model.recommend(bought, batch=64, n_jobs=2)  # seven batches on two threads
+    pd.testing.assert_frame_equal(got, model.recommend(bought, batch=64, n_jobs=1))
     owned = bought.groupby("customer_id").item.agg(set)
     items = model.items_
     expected = []

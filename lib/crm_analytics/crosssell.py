@@ -12,7 +12,9 @@ baseline) in one query.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import ibis
 import ibis.expr.types as ir
@@ -234,7 +236,9 @@ class CooccurrenceRecommender:
         order = np.asarray(self.customers_.argsort(), dtype=np.int64)
         return self.buyers_[order], self.customers_[order]
 
-    def recommend(self, pairs: pd.DataFrame | None = None, batch: int = 5000) -> pd.DataFrame:
+    def recommend(
+        self, pairs: pd.DataFrame | None = None, batch: int = 5000, n_jobs: int = 0
+    ) -> pd.DataFrame:
         """Recommend ``k`` items each customer has not bought yet.
 
         Parameters
@@ -245,6 +249,8 @@ class CooccurrenceRecommender:
             then: the same recommendations, without building it again.
         batch : int, default 5000
             Customers scored at a time (bounds memory).
+        n_jobs : int, default 0
+            Threads scoring batches at once; 0 means one per core.
 
         Returns
         -------
@@ -260,41 +266,20 @@ class CooccurrenceRecommender:
             # a catalogue of a few thousand items co-occurs almost everywhere: a dense
             # matrix multiplies far faster than a sparse one that is not sparse
             sim = sim.toarray()
-        for start in range(0, len(customers) if k else 0, batch):
-            xb = x[start : start + batch]
-            product = xb @ sim
-            scores = product if isinstance(product, np.ndarray) else product.toarray()
-            owned_rows = np.repeat(np.arange(xb.shape[0]), np.diff(xb.indptr))
-            scores[owned_rows, xb.indices] = -np.inf
-            # the k-th best score of each row (a partition, far cheaper than an argpartition);
-            # a row takes its cells at or above it, unless more than k are (ties at the k-th
-            # score, e.g. a row with few co-bought items ties at 0 almost everywhere): such a
-            # row takes the cells above it, then the tied ones most popular first
-            m = scores.shape[1]
-            kth = np.partition(scores, m - k, axis=1)[:, m - k : m - k + 1]
-            candidate = scores >= kth
-            crowded = np.flatnonzero(candidate.sum(axis=1) > k)  # few rows (0.01% measured)
-            candidate[crowded] = False
-            row, col = np.nonzero(candidate)
-            if len(crowded):
-                part, part_kth = scores[crowded], kth[crowded]
-                above = part > part_kth
-                above_row, above_col = np.nonzero(above)
-                need = k - above.sum(axis=1)
-                tied = (part == part_kth)[:, by_popularity]
-                taken = tied & (np.cumsum(tied, axis=1) <= need[:, None])
-                tie_row, tie_rank = np.nonzero(taken)
-                row = np.concatenate([row, crowded[above_row], crowded[tie_row]])
-                col = np.concatenate([col, above_col, by_popularity[tie_rank]])
-            best = scores[row, col]
-            order = np.lexsort((col, -self.popularity_[col], -best, row))
-            row, col, best = row[order], col[order], best[order]
-            rank = np.arange(len(row)) - np.searchsorted(row, row) + 1
-            found = (rank <= k) & np.isfinite(best)  # fewer than k items left to recommend
-            ids.append(row[found] + start)
-            ranks.append(rank[found])
-            items.append(col[found])
-            values.append(best[found])
+        starts = range(0, len(customers) if k else 0, batch)
+
+        def one(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            return self._recommend_batch(x[start : start + batch], start, k, sim, by_popularity)
+
+        # NumPy and SciPy release the GIL in the products, partitions and searches: batches
+        # run on threads (same result, in order; n_jobs score matrices in memory at once)
+        workers = n_jobs if n_jobs > 0 else os.cpu_count() or 1
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(starts)))) as pool:
+            for row, rank, col, best in pool.map(one, starts):
+                ids.append(row)
+                ranks.append(rank)
+                items.append(col)
+                values.append(best)
         frame = pd.DataFrame(
             {
                 "customer_id": customers[np.concatenate(ids)] if ids else [],
@@ -311,6 +296,46 @@ class CooccurrenceRecommender:
                 "score": "float64",
             }
         )
+
+    def _recommend_batch(
+        self,
+        xb: sparse.csr_matrix,
+        start: int,
+        k: int,
+        sim: sparse.csr_matrix | np.ndarray,
+        by_popularity: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return (row, rank, item position, score) of the recommendations of one batch of rows."""
+        product = xb @ sim
+        scores = product if isinstance(product, np.ndarray) else product.toarray()
+        owned_rows = np.repeat(np.arange(xb.shape[0]), np.diff(xb.indptr))
+        scores[owned_rows, xb.indices] = -np.inf
+        # the k-th best score of each row (a partition, far cheaper than an argpartition);
+        # a row takes its cells at or above it, unless more than k are (ties at the k-th
+        # score, e.g. a row with few co-bought items ties at 0 almost everywhere): such a
+        # row takes the cells above it, then the tied ones most popular first
+        m = scores.shape[1]
+        kth = np.partition(scores, m - k, axis=1)[:, m - k : m - k + 1]
+        candidate = scores >= kth
+        crowded = np.flatnonzero(candidate.sum(axis=1) > k)  # few rows (0.01% measured)
+        candidate[crowded] = False
+        row, col = np.nonzero(candidate)
+        if len(crowded):
+            part, part_kth = scores[crowded], kth[crowded]
+            above = part > part_kth
+            above_row, above_col = np.nonzero(above)
+            need = k - above.sum(axis=1)
+            tied = (part == part_kth)[:, by_popularity]
+            taken = tied & (np.cumsum(tied, axis=1) <= need[:, None])
+            tie_row, tie_rank = np.nonzero(taken)
+            row = np.concatenate([row, crowded[above_row], crowded[tie_row]])
+            col = np.concatenate([col, above_col, by_popularity[tie_rank]])
+        best = scores[row, col]
+        order = np.lexsort((col, -self.popularity_[col], -best, row))
+        row, col, best = row[order], col[order], best[order]
+        rank = np.arange(len(row)) - np.searchsorted(row, row) + 1
+        found = (rank <= k) & np.isfinite(best)  # fewer than k items left to recommend
+        return row[found] + start, rank[found], col[found], best[found]
 
     def popular(self, pairs: pd.DataFrame | None = None, batch: int = 5000) -> pd.DataFrame:
         """Recommend the ``k`` most bought items each customer has not bought (the baseline).
