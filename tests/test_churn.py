@@ -465,6 +465,10 @@ def test_top_reasons_match_recomputing_every_feature_for_every_customer():
         assert named == expected, (i, text, rises[i])
     # explained in batches (bounded memory): the same reasons, in the same order
     pd.testing.assert_series_equal(churn.top_reasons(model, who, ref, k=2, batch=70), reasons)
+    for n_jobs in (1, 2):  # batches on one thread or side by side
+        pd.testing.assert_series_equal(
+            churn.top_reasons(model, who, ref, k=2, batch=70, n_jobs=n_jobs), reasons
+        )
     # the comparison above ran with the shortcut that skips values on the reference's side
     # of every split: it is in use for boosting and not for other models
     thresholds = churn._split_thresholds(model.base)
