@@ -127,6 +127,25 @@ def test_clv_grows_with_horizon_and_falls_with_discounting():
     assert set(pareto.params_["pareto"]) == {"r", "alpha", "s", "beta"}
 
 
+def test_clv_computed_per_distinct_summary_equals_the_month_by_month_sum_per_customer():
+    from lifetimes.datasets import load_cdnow_summary_data_with_monetary_value
+
+    d = load_cdnow_summary_data_with_monetary_value().reset_index(drop=True)
+    model = clv.CLVModel("bgnbd", time_unit="W").fit(d)
+    assert (
+        d[["frequency", "recency", "T"]].duplicated().sum() > 1000
+    )  # many customers share a summary
+    expected, previous = np.zeros(len(d)), np.zeros(len(d))
+    monthly = 1.1 ** (1 / 12) - 1
+    for month in range(1, 13):
+        cumulative = model.expected_purchases(d, month * 4.348125)
+        expected += (cumulative - previous) * model.expected_spend(d) / (1 + monthly) ** month
+        previous = cumulative
+    np.testing.assert_allclose(model.clv(d, 12, 0.1), expected, rtol=1e-12)
+    shuffled = d.sample(frac=1.0, random_state=0)  # spread back to each row, whatever the order
+    np.testing.assert_allclose(model.clv(shuffled, 12, 0.1), expected[shuffled.index], rtol=1e-12)
+
+
 def test_gamma_gamma_check_flags_correlated_spend():
     rng = np.random.default_rng(0)
     f = rng.integers(1, 20, 500)
