@@ -1080,27 +1080,26 @@ def sales_series_by(
         if "order_items" not in tables:
             raise ValueError("the category split needs the order_items table")
         items = tables["order_items"]
-        lines = items.mutate(
-            _value=(items.quantity * items.unit_price).cast(dt_.Decimal(38, 2)),
-            group=items.category.fill_null("unknown"),
+        value = (items.quantity * items.unit_price).cast(dt_.Decimal(38, 2))
+        # exact (decimal) line values per order and per category: the same shares on every run.
+        # Both sums read the lines themselves (the per-order one is not a sum of the other: that
+        # made the store keep the 14.5M per-category rows to read twice, 7.9 s of 9.9 at 1M)
+        group_lines = items.select("order_id", group=items.category.fill_null("unknown"), _v=value)
+        per_group = group_lines.group_by(["order_id", "group"]).aggregate(
+            _group_value=group_lines._v.sum()
         )
-        # exact (decimal) line values per order and per category: the same shares on every run
-        lines = lines.group_by(["order_id", "group"]).aggregate(_group_value=lines._value.sum())
-        per_order = lines.group_by("order_id").aggregate(_order_value=lines._group_value.sum())
-        lines = lines.join(per_order, "order_id")
+        order_lines = items.select("order_id", _value=value)
+        per_order = order_lines.group_by("order_id").aggregate(
+            _order_value=order_lines._value.sum()
+        )
+        j = paid.left_join(per_order, "order_id").drop("order_id_right")
+        j = j.left_join(per_group, "order_id").drop("order_id_right")
         share = ibis.cases(
-            (
-                lines._order_value > 0,
-                lines._group_value.cast("float64") / lines._order_value.cast("float64"),
-            ),
+            (j._order_value.isnull(), ibis.literal(1.0)),  # no lines: all "unknown"
+            (j._order_value > 0, j._group_value.cast("float64") / j._order_value.cast("float64")),
             else_=ibis.literal(0.0),
         )
-        lines = lines.select("order_id", "group", _share=share)
-        j = paid.left_join(lines, "order_id")
-        j = j.mutate(
-            group=j.group.fill_null("unknown"),
-            _amount=(j.amount * j._share.fill_null(1.0)).cast("float64"),
-        )
+        j = j.mutate(group=j.group.fill_null("unknown"), _amount=(j.amount * share).cast("float64"))
     else:
         if dimension == "total":
             j = paid.mutate(group=ibis.literal("total"))
