@@ -105,13 +105,22 @@ def _start(params_file, reports, run_id):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _command_line(process):
+    """Return a process's command line, or "" when it has just exited (a zombie or gone)."""
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return ""
+
+
 def _kernel_writing(proc, work, timeout=180):
     """Wait until the run's kernel is writing the working copy; return the kernel process."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
+        # the runner's short-lived helpers may exit between the listing and the reading
         kernels = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "ipykernel" in " ".join(p.cmdline())]  # fmt: skip
+                   if "ipykernel" in _command_line(p)]  # fmt: skip
         if kernels and work.with_name(work.name + ".wal").exists():
             return kernels[0]
         time.sleep(0.02)
