@@ -11,7 +11,6 @@ silently wrong.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from crm_analytics.config import worker_count
 from crm_analytics.schemas import require_columns
 from crm_analytics.store import arrow_to_frame, backend_of, to_frame
 
@@ -1217,12 +1217,11 @@ def frame_sharing_order(origins: list[dt.date], window_days: int) -> list[dt.dat
         The same origins, reordered.
     """
     left = sorted(origins, reverse=True)
+    if window_days <= 0:
+        return left
     order: list[dt.date] = []
     while left:
-        head = left[0]
-        chain = [o for o in left if window_days > 0 and (head - o).days % window_days == 0] or [
-            head
-        ]
+        chain = [o for o in left if (left[0] - o).days % window_days == 0]  # left[0] included
         order += chain
         left = [o for o in left if o not in chain]
     return order
@@ -1573,7 +1572,7 @@ def top_reasons(
     """
     scorer = _TreeScorer.build(model)
     if len(frame) > batch:
-        workers = n_jobs if n_jobs > 0 else os.cpu_count() or 1
+        workers = worker_count(n_jobs)
         if scorer is not None and workers > 1:
             scorer.n_threads = 1  # the batches run side by side instead
 

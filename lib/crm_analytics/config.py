@@ -173,6 +173,22 @@ def stage_parameters(params: dict[str, Any], stage: str) -> dict[str, Any]:
     return out
 
 
+def worker_count(n_jobs: int) -> int:
+    """Return the workers an ``n_jobs`` setting asks for: itself when positive, else one per core.
+
+    Parameters
+    ----------
+    n_jobs : int
+        Workers; 0 or less means one per core.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    return n_jobs if n_jobs > 0 else os.cpu_count() or 1
+
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

@@ -12,7 +12,6 @@ baseline) in one query.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,6 +24,7 @@ import pyarrow.compute as pc
 from ibis.backends import BaseBackend
 from scipy import sparse
 
+from crm_analytics.config import worker_count
 from crm_analytics.features import _ts, paid_orders
 from crm_analytics.schemas import require_columns
 from crm_analytics.store import backend_of
@@ -276,7 +276,7 @@ class CooccurrenceRecommender:
 
         # NumPy and SciPy release the GIL in the products, partitions and searches: batches
         # run on threads (same result, in order; n_jobs score matrices in memory at once)
-        workers = n_jobs if n_jobs > 0 else os.cpu_count() or 1
+        workers = worker_count(n_jobs)
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(starts)))) as pool:
             for row, rank, col, best in pool.map(one, starts):
                 ids.append(row)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crm_analytics.config import worker_count
 from crm_analytics.schemas import require_columns
 
 PANDAS_FREQ: dict[str, str] = {"day": "D", "week": "W-MON", "month": "MS", "quarter": "QS"}
@@ -838,8 +839,7 @@ def forecast_many(tasks: list[SeriesTask], n_jobs: int = 1) -> list[SeriesResult
     list of SeriesResult
         In the order of ``tasks``.
     """
-    if n_jobs <= 0:
-        n_jobs = os.cpu_count() or 1
+    n_jobs = worker_count(n_jobs)
     if n_jobs == 1 or len(tasks) <= 1:
         return [forecast_series(t) for t in tasks]
     import multiprocessing
