@@ -1,6 +1,7 @@
 import datetime as dt
 
 import ibis
+import numpy as np
 import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
@@ -241,14 +242,40 @@ AMOUNTS = [100.0, 110.0, 95.0, 105.0, 98.0, 102.0, 120.0, 90.0, 100_000.0]
 
 
 @pytest.mark.parametrize("method", ["mad", "iqr"])
-def test_outlier_condition(method):
+def test_outlier_bounds(method):
     t = ibis.memtable({"amount": AMOUNTS})
-    cond, lo, hi = clean.outlier_condition(t, "amount", method, 3.0, log=True)
-    got = t.mutate(out=cond, lo=lo, hi=hi).to_pandas()
+    lo, hi = clean.outlier_bounds(t, "amount", method, 3.0, log=True)
+    assert lo < 90 and 120 < hi < 100_000
+    got = t.mutate(out=clean.outside(t.amount, lo, hi)).to_pandas()
     assert got.out.tolist() == [False] * 8 + [True]
-    assert (got.lo < 90).all() and (got.hi > 120).all() and (got.hi < 100_000).all()
     with pytest.raises(ValueError, match="'x'"):
-        clean.outlier_condition(t, "x")
+        clean.outlier_bounds(t, "x")
+    with pytest.raises(ValueError, match="'mad' or 'iqr'"):
+        clean.outlier_bounds(t, "amount", "zscore")
+
+
+def test_outlier_bounds_are_the_robust_statistics():
+    values = np.log1p(np.array(AMOUNTS))
+    median = np.median(values)
+    half = np.median(np.abs(values - median)) * 1.4826 * 3.0
+    lo, hi = clean.outlier_bounds(
+        ibis.memtable({"amount": AMOUNTS}), "amount", "mad", 3.0, log=True
+    )
+    assert lo == pytest.approx(np.expm1(median - half)) and hi == pytest.approx(
+        np.expm1(median + half)
+    )
+    q1, q3 = np.quantile(AMOUNTS, [0.25, 0.75])
+    lo, hi = clean.outlier_bounds(ibis.memtable({"amount": AMOUNTS}), "amount", "iqr", 1.5)
+    assert (lo, hi) == pytest.approx((q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)))
+
+
+def test_no_value_gives_no_bounds_and_no_outlier():
+    t = ibis.memtable({"amount": [None, None]}, schema={"amount": "float64"})
+    assert clean.outlier_bounds(t, "amount") == (None, None)
+    assert t.mutate(out=clean.outside(t.amount, None, None)).to_pandas().out.tolist() == [
+        False,
+        False,
+    ]
 
 
 def _orders(amounts):
@@ -439,29 +466,52 @@ EVENTS = [
 ]  # fmt: skip
 
 
-def test_tables_judged_in_place_equal_the_staged_copy(duck, monkeypatch):
-    """Tables with no kept-row statistic are written once and their rejects deleted; the
-    result is the one the staged path (the only path for the others) gives."""
-    settings = clean.CleanSettings.build(as_of=AS_OF, missing={"orders.region": "flag"})
-    assert clean._row_level_only("events", settings) and clean._row_level_only(
-        "order_items", settings
+def test_kept_row_statistics_ignore_rejected_rows(duck):
+    """Outlier bounds and imputed values are statistics of the kept rows only: a repeated
+    key and orders of an unknown customer, written and then rejected, do not count."""
+    paid = {
+        "customer_id": "C1",
+        "order_ts": "2025-01-01 10:00:00",
+        "currency": "CNY",
+        "status": "paid",
+    }
+    orders = [{**o, "channel": "app"} for o in _orders(AMOUNTS[:8])]  # O0..O7: normal amounts
+    orders[0]["channel"] = ""  # missing: imputed with the kept rows' mode, app
+    orders += [
+        {**paid, "order_id": "O0", "amount": "100000", "channel": "online"},  # repeated key
+        *[{**paid, "order_id": f"X{i}", "customer_id": "C9", "amount": "100000", "channel": "online"}
+          for i in range(9)],  # no such customer
+        {**paid, "order_id": "O8", "amount": "100000", "channel": "store"},  # kept, the outlier
+    ]  # fmt: skip
+    _all_raw(duck, customers=CUSTOMERS[:1], orders=orders)
+    settings = clean.CleanSettings.build(
+        as_of=AS_OF,
+        outliers={"orders.amount": {"method": "mad", "threshold": 3.0, "log": True}},
+        missing={"orders.channel": "impute_mode"},
     )
-    assert not clean._row_level_only("orders", SETTINGS)  # its amounts get outlier flags
-    results = []
-    for in_place in (True, False):
-        monkeypatch.setattr(clean, "_row_level_only", lambda t, s, keep=in_place: keep)
-        _all_raw(duck, customers=CUSTOMERS, orders=ORDERS, order_items=ITEMS, events=EVENTS)
-        acc = clean.clean_all(duck, settings)
-        tables = {
-            t: duck.table(t).to_pandas()
-            for t in [*TABLES, "quarantine", "missing_values", "value_fixes"]
-        }
-        results.append((acc, tables))
-    (acc_in, got), (acc_staged, expected) = results
-    assert_frame_equal(acc_in, acc_staged)
-    assert acc_in.set_index("table").loc[
-        "events", ["kept", "duplicates", "quarantined"]
-    ].tolist() == [2, 1, 2]
-    for name, frame in expected.items():
-        assert_frame_equal(got[name], frame, obj=name)
-    assert list(got["events"].columns) == [*TABLES["events"].columns, "_source", "_source_row"]
+    acc = clean.clean_all(duck, settings).set_index("table")
+    assert acc.loc["orders", ["input", "kept", "quarantined"]].tolist() == [19, 9, 10]
+    o = duck.table("orders").order_by("_source_row").to_pandas()
+    # with the ten rejected rows of 100,000 counted, the median would be 100,000 itself
+    assert o.order_id[o.amount_outlier].tolist() == ["O8"]
+    assert o.channel.tolist() == ["app"] * 8 + ["store"] and o.channel_missing.sum() == 1
+    assert list(o.columns) == [
+        *TABLES["orders"].columns, "amount_source", "currency_source", "_source", "_source_row",
+        "amount_outlier", "channel_missing",
+    ]  # fmt: skip
+
+
+def test_rows_judged_as_written_keep_only_the_table_columns(duck):
+    """Events (no key, no statistic) are judged as they are written; the rejected rows
+    are deleted and the judgement columns dropped after."""
+    _all_raw(duck, customers=CUSTOMERS, events=EVENTS)
+    acc = clean.clean_all(duck, SETTINGS).set_index("table")
+    assert acc.loc["events", ["kept", "duplicates", "quarantined"]].tolist() == [2, 1, 2]
+    events = duck.table("events").order_by("_source_row").to_pandas()
+    assert list(events.columns) == [*TABLES["events"].columns, "_source", "_source_row"]
+    assert events._source_row.tolist() == [1, 5]
+    q = duck.table("quarantine").filter(ibis._.table == "events").order_by("_source_row")
+    assert q.select("_source_row", "column").to_pandas().values.tolist() == [
+        [3, "customer_id"],
+        [4, "ts"],
+    ]

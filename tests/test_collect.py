@@ -423,3 +423,31 @@ def test_large_files_are_written_in_full_row_groups(tmp_path):
     ).fetchone()
     assert numbers == (1, n, n)
     duck.disconnect()
+
+
+def test_raw_text_is_written_without_fsst_and_the_setting_restored(tmp_path):
+    # the raw tables are read once, by stage 02: their long, unique strings are not
+    # FSST-compressed (the costliest part of writing them); later tables are
+    duck = ibis.duckdb.connect(tmp_path / "store.duckdb")
+    n = 150_000
+    rows = [f"O{i:09d},C{i * 7919 % 999_983:07d},2025-01-01 10:{i % 60:02d}:00,{i % 50},CNY,paid,app,East"
+            for i in range(n)]  # fmt: skip
+    _orders_csv(tmp_path / "a.csv", rows)
+    collect.collect_sources(duck, {"orders": {"kind": "csv", "path": str(tmp_path / "a.csv")}})
+    duck.con.execute("CREATE TABLE later AS SELECT * FROM raw_orders")
+    duck.con.execute("CHECKPOINT")
+
+    def methods(table):
+        return {
+            r[0]
+            for r in duck.con.execute(
+                f"SELECT DISTINCT compression FROM pragma_storage_info('{table}') "
+                "WHERE segment_type = 'VARCHAR'"
+            ).fetchall()
+        }
+
+    assert "FSST" not in methods("raw_orders")
+    assert "FSST" in methods("later")
+    setting = "SELECT current_setting('disabled_compression_methods')"
+    assert duck.con.execute(setting).fetchone()[0] == ""
+    duck.disconnect()

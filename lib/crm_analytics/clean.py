@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from ibis.backends import BaseBackend
 
 from crm_analytics.entities import MatchSettings, resolve_customers
 from crm_analytics.schemas import TABLES, spec
-from crm_analytics.store import create_temp_table
+from crm_analytics.store import create_temp_table, sql_literal
 
 DEFAULT_CATEGORY_MAP: dict[str, str] = {
     "电子产品": "electronics",
@@ -643,15 +644,32 @@ def _money_rules(
     return out, branches
 
 
-def outlier_condition(
+def _scalar(expr: ir.Scalar) -> float | None:
+    """Evaluate a numeric reduction in the store; None when it is NULL or NaN."""
+    value = expr.execute()
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _round_half_away(value: float) -> int:
+    """Round half away from zero, as SQL's ``round`` does (Python's rounds half to even)."""
+    return int(math.copysign(math.floor(abs(value) + 0.5), value))
+
+
+def outlier_bounds(
     table: ir.Table, column: str, method: str = "mad", threshold: float = 5.0, log: bool = False
-) -> tuple[ir.BooleanValue, ir.Value, ir.Value]:
-    """Return the outlier test of a numeric column and its lower/upper bounds.
+) -> tuple[float | None, float | None]:
+    """Compute the bounds outside which a value is an outlier, in the store.
+
+    Each statistic is one aggregate query over ``table`` (the median, then the
+    median absolute deviation; or both quartiles), and the rows are judged against
+    the two numbers afterwards (:func:`outside`). Statistics written into the
+    judging query as scalar subqueries were evaluated once per use there: six
+    medians of 10M amounts.
 
     Parameters
     ----------
     table : ibis Table
-        The rows judged (statistics are computed over them, in the store).
+        The rows the statistics are computed over.
     column : str
         Numeric column.
     method : {"mad", "iqr"}, default "mad"
@@ -665,7 +683,7 @@ def outlier_condition(
     Returns
     -------
     tuple
-        (is_outlier, lower bound, upper bound), bounds on the original scale.
+        (lower, upper) on the original scale; (None, None) when the column has no value.
 
     Raises
     ------
@@ -677,20 +695,42 @@ def outlier_condition(
     x = table[column].cast("float64")
     v = (x.clip(lower=0) + 1).ln() if log else x
     if method == "mad":
-        med = v.median().as_scalar()
-        mad = (v - med).abs().median().as_scalar()
-        half = ibis.greatest(mad * 1.4826, ibis.literal(1e-9)) * threshold
+        med = _scalar(v.median())
+        if med is None:
+            return None, None
+        mad = _scalar((v - med).abs().median())
+        half = max((mad or 0.0) * 1.4826, 1e-9) * threshold
         lo, hi = med - half, med + half
     elif method == "iqr":
-        q1 = v.quantile(0.25).as_scalar()
-        q3 = v.quantile(0.75).as_scalar()
+        q1, q3 = _scalar(v.quantile(0.25)), _scalar(v.quantile(0.75))
+        if q1 is None or q3 is None:
+            return None, None
         lo, hi = q1 - (q3 - q1) * threshold, q3 + (q3 - q1) * threshold
     else:
         raise ValueError(f"method must be 'mad' or 'iqr', got {method!r}")
     if log:
-        lo, hi = lo.exp() - 1, hi.exp() - 1
-    cond = ((x < lo) | (x > hi)).fill_null(False)
-    return cond, lo, hi
+        lo, hi = math.exp(lo) - 1, math.exp(hi) - 1
+    return lo, hi
+
+
+def outside(col: ir.NumericValue, lo: float | None, hi: float | None) -> ir.BooleanValue:
+    """Return whether each value lies outside ``[lo, hi]`` (False for NULL or no bounds).
+
+    Parameters
+    ----------
+    col : ibis numeric column
+        Values judged.
+    lo, hi : float or None
+        Bounds from :func:`outlier_bounds`.
+
+    Returns
+    -------
+    ibis boolean column
+    """
+    if lo is None or hi is None:
+        return ibis.literal(False)
+    x = col.cast("float64")
+    return ((x < lo) | (x > hi)).fill_null(False)
 
 
 def later_repeats(
@@ -774,6 +814,15 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     appends value-level fixes to ``value_fixes`` and missing-value counts to
     ``missing_values``.
 
+    Every row is written once, typed and judged by the row-level rules, with its
+    judgement in helper columns. The rules that need the written rows then update
+    the few rows they concern, in this order: outliers to quarantine (statistics of
+    the valid rows), key repeats and references to missing or quarantined parents
+    (each among the rows still valid; without a key or quarantined outliers the
+    references are judged as the rows are written), outlier flags or caps and
+    imputed values (statistics of the kept rows). The rejected rows are then
+    deleted and the helper columns dropped.
+
     Parameters
     ----------
     con : BaseBackend
@@ -805,137 +854,127 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     std = standardise(raw, table, settings)
     rules = row_rules(std, table, settings)
     extra = [c for c in rules.typed if c not in cols]
+    outlier_rules = [
+        (key.split(".", 1)[1], rule)
+        for key, rule in settings.outliers.items()
+        if key.split(".", 1)[0] == table
+    ]
+    quarantined_outliers = [
+        (c, r) for c, r in outlier_rules if r.get("action", "flag") == "quarantine"
+    ]
+    flagged_outliers = [(c, r) for c, r in outlier_rules if r.get("action", "flag") != "quarantine"]
+    fixes = [f"_fix_{i}" for i in range(len(rules.fixes))]
+    helpers = ["_duplicate", "_column", "_reason", *fixes]
     # only what the checks below and the outputs need: the text columns are not kept
-    staged = std.select(
-        std._source,
-        std._source_row,
-        std._duplicate,
-        **{f"_t_{c}": rules.typed[c] for c in [*cols, *extra]},
-        **{f"_fix_{i}": cond for i, cond in enumerate(rules.fixes.values())},
+    judged = std.select(
+        **{c: rules.typed[c] for c in [*cols, *extra]},
+        _source=std._source,
+        _source_row=std._source_row,
+        _duplicate=std._duplicate,
+        **{f: cond for f, cond in zip(fixes, rules.fixes.values(), strict=True)},
         _column=rules.column,
         _reason=rules.reason,
     )
-    # outliers judged to be errors are quarantined before keys and references are checked
-    quarantined_outliers = [
-        (key.split(".", 1)[1], rule)
-        for key, rule in settings.outliers.items()
-        if key.split(".", 1)[0] == table and rule.get("action", "flag") == "quarantine"
+    late_references = bool(quarantined_outliers or t.key)
+    if not late_references:
+        # references are the only rule left: judged as the rows are written
+        for col, (ptable, pcol) in t.foreign_keys.items():
+            parent = con.table(ptable).select(_pk=pcol).distinct()
+            judged = judged.left_join(parent, judged[col] == parent._pk)
+            bad = judged._reason.isnull() & ~judged._duplicate & judged._pk.isnull()
+            judged = judged.mutate(
+                _column=ibis.cases((bad, ibis.literal(col)), else_=judged._column),
+                _reason=ibis.cases(
+                    (bad, ibis.literal(f"{col}: no valid {ptable} row with this {pcol}")),
+                    else_=judged._reason,
+                ),
+            ).drop("_pk")
+    strategies = missing_strategies(table, settings)
+    flagged_missing = [
+        c for c, s in strategies.items() if s in ("flag", "impute_median", "impute_mode")
     ]
-    if quarantined_outliers or t.key:
-        # outlier thresholds are statistics of the valid rows and key duplicates are
-        # found among them: stage the typed rows once
-        staged = create_temp_table(con, f"_staged_{table}", staged)
-    ok = staged._reason.isnull() & ~staged._duplicate
-    for oc, rule in quarantined_outliers:
-        judged = staged.filter(ok)
-        judged = judged.mutate(**{oc: judged[f"_t_{oc}"]})
-        cond, _, _ = outlier_condition(
-            judged,
-            oc,
-            rule.get("method", "mad"),
-            float(rule.get("threshold", 5.0)),
-            bool(rule.get("log", False)),
-        )
-        bounds = judged.mutate(_out=cond).filter(lambda r: r._out).select("_source", "_source_row")
-        bounds = bounds.mutate(_is_out=ibis.literal(True))
-        staged = staged.left_join(bounds, ["_source", "_source_row"]).drop(
-            "_source_right", "_source_row_right"
-        )
-        bad = staged._reason.isnull() & ~staged._duplicate & staged._is_out.notnull()
-        staged = staged.mutate(
-            _column=ibis.cases((bad, ibis.literal(oc)), else_=staged._column),
-            _reason=ibis.cases(
-                (bad, ibis.literal(f"{oc}: outlier ({rule.get('method', 'mad')} rule)")),
-                else_=staged._reason,
-            ),
-        ).drop("_is_out")
-        staged = create_temp_table(con, f"_staged_{table}", staged)
-        ok = staged._reason.isnull() & ~staged._duplicate
-    staged_already = quarantined_outliers or bool(t.key)
-    # key duplicates among otherwise valid, non-duplicate rows (all but the first), then
-    # references to missing or quarantined parents: each rule judges the rows still valid
-    late: list[str] = []  # small temporary tables of the rows these rules reject
+    con.create_table(
+        table,
+        judged.select(
+            *cols,
+            *extra,
+            "_source",
+            "_source_row",
+            **{f"{c}_outlier": ibis.literal(False) for c, _ in flagged_outliers},
+            **{f"{c}_missing": judged[c].isnull() for c in flagged_missing},
+            **{h: judged[h] for h in helpers},
+        ),
+        overwrite=True,
+    )
+    name = _quoted(table)
 
-    def reject(rows: ir.Table) -> None:
-        name = f"_late_{table}_{len(late)}"
-        create_temp_table(con, name, rows)
-        late.append(name)
+    def valid() -> ir.Table:
+        """Return the rows of the table still kept."""
+        written = con.table(table)
+        return written.filter(written._reason.isnull() & ~written._duplicate)
 
+    def reject(rows: ir.Table, column: str, reason: str) -> None:
+        """Give the rows found (by lineage) a column and a reason."""
+        create_temp_table(con, "_rejected", rows.select("_source", "_source_row"))
+        con.raw_sql(
+            f"UPDATE {name} AS s SET _column = {sql_literal(column)}, _reason = "
+            f'{sql_literal(reason)} FROM "temp"."main"."_rejected" AS f '
+            "WHERE s._source = f._source AND s._source_row = f._source_row"
+        )
+        con.raw_sql('DROP TABLE "temp"."main"."_rejected"')
+
+    for oc, rule in quarantined_outliers:  # errors, judged before keys and references
+        rows = valid()
+        lo, hi = outlier_bounds(rows, oc, **_outlier_args(rule))
+        method = rule.get("method", "mad")
+        reject(rows.filter(outside(rows[oc], lo, hi)), oc, f"{oc}: outlier ({method} rule)")
     if t.key:
         reject(
-            later_repeats(staged, [f"_t_{k}" for k in t.key], where=ok).mutate(
-                _column=ibis.literal(",".join(t.key)),
-                _reason=ibis.literal(f"{','.join(t.key)}: duplicate key, first kept"),
-            )
+            later_repeats(valid(), list(t.key)),
+            ",".join(t.key),
+            f"{','.join(t.key)}: duplicate key, first kept",
         )
-    for col, (ptable, pcol) in t.foreign_keys.items():
-        parent = con.table(ptable).select(**{"_pk": pcol}).distinct()
-        if staged_already:
-            # the few rows found are written into the staged table below
-            valid = staged.filter(ok)
-            for earlier in late:
-                valid = valid.anti_join(con.table(earlier), ["_source", "_source_row"])
-            orphans = valid.anti_join(parent, valid[f"_t_{col}"] == parent._pk)
+    if late_references:
+        for col, (ptable, pcol) in t.foreign_keys.items():
+            rows = valid()
+            parent = con.table(ptable).select(_pk=pcol).distinct()
             reject(
-                orphans.select(
-                    "_source",
-                    "_source_row",
-                    _column=ibis.literal(col),
-                    _reason=ibis.literal(f"{col}: no valid {ptable} row with this {pcol}"),
-                )
+                rows.anti_join(parent, rows[col] == parent._pk),
+                col,
+                f"{col}: no valid {ptable} row with this {pcol}",
             )
+    kept_sql = "_reason IS NULL AND NOT _duplicate"
+    for oc, rule in flagged_outliers:  # statistics of the kept rows
+        lo, hi = outlier_bounds(valid(), oc, **_outlier_args(rule))
+        if lo is None or hi is None:
             continue
-        staged = staged.left_join(parent, staged[f"_t_{col}"] == parent._pk)
-        ok = staged._reason.isnull() & ~staged._duplicate
-        bad = ok & staged._pk.isnull()
-        staged = staged.mutate(
-            _column=ibis.cases((bad, ibis.literal(col)), else_=staged._column),
-            _reason=ibis.cases(
-                (bad, ibis.literal(f"{col}: no valid {ptable} row with this {pcol}")),
-                else_=staged._reason,
-            ),
-        ).drop("_pk")
-    if staged_already:
-        # update the rows these rules reject in place instead of copying every row again
-        for found in late:
+        x = _quoted(oc)
+        lo_sql, hi_sql = f"CAST('{lo!r}' AS DOUBLE)", f"CAST('{hi!r}' AS DOUBLE)"
+        cap = (
+            f", {x} = least(greatest({x}, {lo_sql}), {hi_sql})"
+            if rule.get("action") == "cap"
+            else ""
+        )
+        con.raw_sql(
+            f"UPDATE {name} SET {_quoted(oc + '_outlier')} = true{cap} WHERE {kept_sql} AND "
+            f"(CAST({x} AS DOUBLE) < {lo_sql} OR CAST({x} AS DOUBLE) > {hi_sql})"
+        )
+    written_types = con.table(table).schema()
+    for col, strategy in strategies.items():  # imputed values: statistics of the kept rows
+        x = _quoted(col)
+        integer = written_types[col].is_integer()
+        fill = {
+            "impute_median": f"round(median({x}))" if integer else f"median({x})",
+            "impute_mode": f"mode({x})",
+        }.get(strategy)
+        if fill is not None:
             con.raw_sql(
-                f'UPDATE "temp"."main"."_staged_{table}" AS s SET _column = f._column, '
-                f'_reason = f._reason FROM "temp"."main"."{found}" AS f '
-                "WHERE s._source = f._source AND s._source_row = f._source_row"
+                f"UPDATE {name} SET {x} = (SELECT {fill} FROM {name} WHERE {kept_sql}) "
+                f"WHERE {x} IS NULL AND {kept_sql}"
             )
-            con.drop_table(found)
-        staged = con.table(f"_staged_{table}")
-    # with no statistic of the kept rows to compute (outlier bounds, imputed values), every
-    # row is written to the clean table once, judged; the rejected ones are deleted after
-    # (their few row ids marked) and the judgement columns dropped (a change to the
-    # catalogue): one copy of the rows instead of a staged one and the clean one
-    helpers = ["_duplicate", "_column", "_reason", *[f"_fix_{i}" for i in range(len(rules.fixes))]]
-    in_place = not staged_already and _row_level_only(table, settings)
-    if in_place:
-        judged = staged.select(
-            **{c: staged[f"_t_{c}"] for c in [*cols, *extra]},
-            _source=staged._source,
-            _source_row=staged._source_row,
-            **{h: staged[h] for h in helpers},
-        )
-        judged, missing = apply_missing_strategies(judged, table, settings)  # flags only
-        con.create_table(table, judged, overwrite=True)
-        staged = con.table(table)
-    elif not staged_already:
-        staged = create_temp_table(con, f"_staged_{table}", staged)
-
-    keep = staged._reason.isnull() & ~staged._duplicate
-    if not in_place:
-        kept = staged.filter(keep)
-        clean = kept.select(
-            **{c: kept[f"_t_{c}"] for c in [*cols, *extra]},
-            _source=kept._source,
-            _source_row=kept._source_row,
-        )
-        clean = apply_outlier_flags(clean, table, settings)
-        clean, missing = apply_missing_strategies(clean, table, settings)
-        con.create_table(table, clean, overwrite=True)
-    bad = staged.filter(staged._reason.notnull() & ~staged._duplicate)
+    written = con.table(table)
+    keep = written._reason.isnull() & ~written._duplicate
+    bad = written.filter(written._reason.notnull() & ~written._duplicate)
     con.insert(
         "quarantine",
         bad.select(
@@ -947,107 +986,57 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
         ),
     )
     aggs = {
-        "input": staged.count(),
+        "input": written.count(),
         "kept": keep.sum(),
-        "duplicates": staged._duplicate.sum(),
-        "quarantined": (staged._reason.notnull() & ~staged._duplicate).sum(),
+        "duplicates": written._duplicate.sum(),
+        "quarantined": (written._reason.notnull() & ~written._duplicate).sum(),
     }
-    aggs.update({f"_fix_{i}": (keep & staged[f"_fix_{i}"]).sum() for i in range(len(rules.fixes))})
-    counts = staged.aggregate(**aggs).to_pandas().iloc[0]
-    if in_place:
-        quoted = table.replace('"', '""')
-        con.raw_sql(f'DELETE FROM "{quoted}" WHERE _reason IS NOT NULL OR _duplicate')
-        for h in helpers:
-            con.raw_sql(f'ALTER TABLE "{quoted}" DROP COLUMN "{h}"')
-    else:
-        con.drop_table(f"_staged_{table}")
-    if missing:
-        con.insert("missing_values", _missing_counts(con, table, missing))
+    aggs.update({f: (keep & written[f]).sum() for f in fixes})
+    counts = written.aggregate(**aggs).to_pandas().iloc[0]
+    con.raw_sql(f"DELETE FROM {name} WHERE NOT ({kept_sql})")
+    for h in helpers:
+        con.raw_sql(f"ALTER TABLE {name} DROP COLUMN {_quoted(h)}")
+    if strategies:
+        con.insert("missing_values", _missing_counts(con, table, strategies))
     # sums over an empty table are NULL
     n = {k: 0 if pd.isna(v) else int(v) for k, v in counts.items()}
-    fixes = pd.DataFrame(
-        {
-            "table": table,
-            "fix": list(rules.fixes),
-            "rows": [n[f"_fix_{i}"] for i in range(len(rules.fixes))],
-        }
-    )
-    if len(fixes):
-        con.insert("value_fixes", fixes)
+    fixed = pd.DataFrame({"table": table, "fix": list(rules.fixes), "rows": [n[f] for f in fixes]})
+    if len(fixed):
+        con.insert("value_fixes", fixed)
     out = {k: n[k] for k in ("input", "kept", "duplicates", "quarantined")}
     if out["input"] != out["kept"] + out["duplicates"] + out["quarantined"]:
         raise RuntimeError(f"row accounting does not add up for {table}: {out}")
     return out
 
 
-def _row_level_only(table: str, settings: CleanSettings) -> bool:
-    """Whether the table's clean rows need no statistic of the kept rows.
-
-    True when no outlier rule applies to the table and no missing-value strategy
-    imputes (flags are judged row by row).
-    """
-    if any(key.split(".", 1)[0] == table for key in settings.outliers):
-        return False
-    return not any(
-        key.split(".", 1)[0] == table and strategy.startswith("impute")
-        for key, strategy in settings.missing.items()
-    )
+def _quoted(name: str) -> str:
+    """Return a DuckDB identifier in double quotes."""
+    return '"' + name.replace('"', '""') + '"'
 
 
-def apply_outlier_flags(clean: ir.Table, table: str, settings: CleanSettings) -> ir.Table:
-    """Add ``<column>_outlier`` flags (and cap values) for the table's flag/cap rules.
-
-    Parameters
-    ----------
-    clean : ibis Table
-        Typed, kept rows.
-    table : str
-        Canonical table name.
-    settings : CleanSettings
-        Outlier rules.
-
-    Returns
-    -------
-    ibis Table
-        ``clean`` with one boolean flag per rule; capped columns clipped to the bounds.
-    """
-    for key, rule in settings.outliers.items():
-        ot, oc = key.split(".", 1)
-        if ot != table:
-            continue
-        cond, lo, hi = outlier_condition(
-            clean,
-            oc,
-            rule.get("method", "mad"),
-            float(rule.get("threshold", 5.0)),
-            bool(rule.get("log", False)),
-        )
-        values = {f"{oc}_outlier": cond}
-        if rule.get("action", "flag") == "cap":
-            values[oc] = clean[oc].clip(lower=lo, upper=hi)
-        clean = clean.mutate(**values)
-    return clean
+def _outlier_args(rule: dict[str, Any]) -> dict[str, Any]:
+    """Return the :func:`outlier_bounds` arguments of an ``outliers`` rule."""
+    return {
+        "method": rule.get("method", "mad"),
+        "threshold": float(rule.get("threshold", 5.0)),
+        "log": bool(rule.get("log", False)),
+    }
 
 
-def apply_missing_strategies(
-    clean: ir.Table, table: str, settings: CleanSettings
-) -> tuple[ir.Table, dict[str, str]]:
-    """Apply flag and impute strategies to the table's nullable columns.
+def missing_strategies(table: str, settings: CleanSettings) -> dict[str, str]:
+    """Return the missing-value strategy of every nullable column of a table.
 
     Parameters
     ----------
-    clean : ibis Table
-        Typed, kept rows.
     table : str
         Canonical table name.
     settings : CleanSettings
-        Missing-value strategies.
+        Missing-value strategies (``missing``); unnamed nullable columns ``keep``.
 
     Returns
     -------
-    tuple
-        (table with ``<column>_missing`` flags and imputed values, column -> strategy
-        for every nullable column).
+    dict
+        Column -> strategy, in the table's column order.
     """
     t = spec(table)
     strategies = {c: "keep" for c in t.columns if c not in t.required}
@@ -1055,17 +1044,7 @@ def apply_missing_strategies(
         mt, mc = key.split(".", 1)
         if mt == table:
             strategies[mc] = strategy
-    for col, strategy in strategies.items():
-        if strategy in ("flag", "impute_median", "impute_mode"):
-            clean = clean.mutate(**{f"{col}_missing": clean[col].isnull()})
-        if strategy == "impute_median":
-            median = clean[col].median().as_scalar()
-            if clean[col].type().is_integer():
-                median = median.round()
-            clean = clean.mutate(**{col: clean[col].fill_null(median.cast(clean[col].type()))})
-        elif strategy == "impute_mode":
-            clean = clean.mutate(**{col: clean[col].fill_null(clean[col].mode().as_scalar())})
-    return clean, strategies
+    return strategies
 
 
 def _missing_counts(con: BaseBackend, table: str, strategies: dict[str, str]) -> pd.DataFrame:
