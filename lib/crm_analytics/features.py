@@ -274,6 +274,7 @@ def churn_labels(
     orders: ir.Table,
     cutoff: dt.date | str,
     window_days: int,
+    sort: bool = True,
 ) -> ir.Table:
     """Return the churn label of every customer who bought before ``cutoff``.
 
@@ -290,6 +291,8 @@ def churn_labels(
         Start of the label window.
     window_days : int
         Length of the label window.
+    sort : bool, default True
+        Order the rows by ``customer_id`` (False when the result is joined).
 
     Returns
     -------
@@ -304,9 +307,10 @@ def churn_labels(
     )
     bought = after.select("customer_id").distinct().mutate(bought=ibis.literal(1))
     out = active.left_join(bought, "customer_id").drop("customer_id_right")
-    return out.select(
+    out = out.select(
         "customer_id", churned=ibis.cases((out.bought.isnull(), 1), else_=0).cast("int8")
-    ).order_by("customer_id")
+    )
+    return out.order_by("customer_id") if sort else out
 
 
 def clv_summary(orders: ir.Table, cutoff: dt.date | str, time_unit_days: int = 1) -> ir.Table:
@@ -670,7 +674,10 @@ def customer_features_of(tables: dict[str, ir.Table], cutoff: dt.date | str) -> 
 
 
 def purchase_dynamics(
-    orders: ir.Table, cutoff: dt.date | str, windows: tuple[int, ...] = (30, 90, 180)
+    orders: ir.Table,
+    cutoff: dt.date | str,
+    windows: tuple[int, ...] = (30, 90, 180),
+    sort: bool = True,
 ) -> ir.Table:
     """Return recent-activity trends and inter-purchase gaps per customer, before ``cutoff``.
 
@@ -682,6 +689,8 @@ def purchase_dynamics(
         Rows strictly before it.
     windows : tuple of int, default (30, 90, 180)
         Recent windows in days.
+    sort : bool, default True
+        Order the rows by ``customer_id`` (False when the result is joined).
 
     Returns
     -------
@@ -727,7 +736,7 @@ def purchase_dynamics(
         gap_std_days=(gaps._n > 1).ifelse(var.clip(lower=0.0).sqrt(), ibis.null()),
     ).select("customer_id", "gap_mean_days", "gap_std_days", "gap_last_days")
     out = out.left_join(gaps, "customer_id").drop("customer_id_right")
-    return out.order_by("customer_id")
+    return out.order_by("customer_id") if sort else out
 
 
 def top_categories(
@@ -763,6 +772,7 @@ def churn_features(
     categories: list[str] | None = None,
     windows: tuple[int, ...] = (30, 90, 180),
     activity_window_days: int = 90,
+    sort: bool = True,
 ) -> ir.Table:
     """Return every churn-model input per customer, from data strictly before ``cutoff``.
 
@@ -787,6 +797,9 @@ def churn_features(
         Trend windows in days.
     activity_window_days : int, default 90
         Window of the recent event, ticket and web/app counts.
+    sort : bool, default True
+        Order the rows by ``customer_id``; a query that joins or sorts the result
+        itself passes False (DuckDB sorts a subquery's rows when it is told to).
 
     Returns
     -------
@@ -801,9 +814,8 @@ def churn_features(
         orders, cutoff, customers, events, tickets, tables.get("surveys"),
         activity_window_days=activity_window_days, sort=False,
     )  # fmt: skip
-    out = out.left_join(purchase_dynamics(orders, cutoff, windows), "customer_id").drop(
-        "customer_id_right"
-    )
+    dynamics = purchase_dynamics(orders, cutoff, windows, sort=False)
+    out = out.left_join(dynamics, "customer_id").drop("customer_id_right")
     fills = {f"orders_{w}d": 0 for w in windows} | {f"spend_{w}d": 0.0 for w in windows}
     out = out.mutate(
         **{k: out[k].fill_null(v) for k, v in fills.items()},
@@ -845,7 +857,7 @@ def churn_features(
             consent=customers.consent_marketing.ifelse(1, 0).fill_null(0).cast("int8"),
         )
         out = out.left_join(demo, "customer_id").drop("customer_id_right")
-    return out.order_by("customer_id")
+    return out.order_by("customer_id") if sort else out
 
 
 def churn_frame(
@@ -881,9 +893,9 @@ def churn_frame(
         One row per customer with a paid order before the cutoff: features,
         ``cutoff`` (date) and ``churned`` (int8, null when unlabelled).
     """
-    feats = churn_features(tables, cutoff, categories, windows, activity_window_days)
+    feats = churn_features(tables, cutoff, categories, windows, activity_window_days, sort=False)
     if labelled:
-        labels = churn_labels(tables["orders"], cutoff, window_days)
+        labels = churn_labels(tables["orders"], cutoff, window_days, sort=False)
         out = feats.join(labels, "customer_id")
     else:
         out = feats.filter(feats.frequency > 0).mutate(churned=ibis.null("int8"))
