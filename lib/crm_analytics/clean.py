@@ -814,14 +814,16 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     appends value-level fixes to ``value_fixes`` and missing-value counts to
     ``missing_values``.
 
-    Every row is written once, typed and judged by the row-level rules, with its
-    judgement in helper columns. The rules that need the written rows then update
-    the few rows they concern, in this order: outliers to quarantine (statistics of
-    the valid rows), key repeats and references to missing or quarantined parents
-    (each among the rows still valid; without a key or quarantined outliers the
-    references are judged as the rows are written), outlier flags or caps and
-    imputed values (statistics of the kept rows). The rejected rows are then
-    deleted and the helper columns dropped.
+    Every row is typed and judged by the row-level rules once, its judgement kept
+    in helper columns. The rules that need the judged rows then update the few rows
+    they reject, in this order: outliers to quarantine (statistics of the valid
+    rows), key repeats, references to missing or quarantined parents (each among
+    the rows still valid; without a key or quarantined outliers the references are
+    judged with the row-level rules). A table with none of these rules and no
+    statistic of its kept rows is judged in place: its rows are written to the clean
+    table once, and the rejected ones deleted after. The others are staged in a
+    temporary table, and their kept rows copied to the clean table with outlier
+    flags (or caps) and imputed values, statistics of the kept rows computed once.
 
     Parameters
     ----------
@@ -893,31 +895,40 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     flagged_missing = [
         c for c, s in strategies.items() if s in ("flag", "impute_median", "impute_mode")
     ]
-    con.create_table(
-        table,
-        judged.select(
+    imputed = {c: s for c, s in strategies.items() if s in ("impute_median", "impute_mode")}
+    # with no later rule and no statistic of the kept rows, the rows are written to the
+    # clean table once and the rejected ones deleted after; otherwise they are staged
+    # and the kept ones copied. Scattered deleted rows stay in a DuckDB table's row
+    # groups, and a join building its hash table from such a table needed more than
+    # 1 GB at a million customers (orders, joined to every order line)
+    in_place = not late_references and not flagged_outliers and not imputed
+    if in_place:
+        written = judged.select(
             *cols,
             *extra,
             "_source",
             "_source_row",
-            **{f"{c}_outlier": ibis.literal(False) for c, _ in flagged_outliers},
             **{f"{c}_missing": judged[c].isnull() for c in flagged_missing},
             **{h: judged[h] for h in helpers},
-        ),
-        overwrite=True,
-    )
-    name = _quoted(table)
+        )
+        con.create_table(table, written, overwrite=True)
+        target = _quoted(table)
+    else:
+        create_temp_table(con, f"_staged_{table}", judged)
+        target = '"temp"."main".' + _quoted(f"_staged_{table}")
+    stage_name = table if in_place else f"_staged_{table}"
+    stage_db = None if in_place else ("temp", "main")
 
     def valid() -> ir.Table:
-        """Return the rows of the table still kept."""
-        written = con.table(table)
-        return written.filter(written._reason.isnull() & ~written._duplicate)
+        """Return the judged rows still kept."""
+        rows = con.table(stage_name, database=stage_db)
+        return rows.filter(rows._reason.isnull() & ~rows._duplicate)
 
     def reject(rows: ir.Table, column: str, reason: str) -> None:
         """Give the rows found (by lineage) a column and a reason."""
         create_temp_table(con, "_rejected", rows.select("_source", "_source_row"))
         con.raw_sql(
-            f"UPDATE {name} AS s SET _column = {sql_literal(column)}, _reason = "
+            f"UPDATE {target} AS s SET _column = {sql_literal(column)}, _reason = "
             f'{sql_literal(reason)} FROM "temp"."main"."_rejected" AS f '
             "WHERE s._source = f._source AND s._source_row = f._source_row"
         )
@@ -943,38 +954,35 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
                 col,
                 f"{col}: no valid {ptable} row with this {pcol}",
             )
-    kept_sql = "_reason IS NULL AND NOT _duplicate"
-    for oc, rule in flagged_outliers:  # statistics of the kept rows
-        lo, hi = outlier_bounds(valid(), oc, **_outlier_args(rule))
-        if lo is None or hi is None:
-            continue
-        x = _quoted(oc)
-        lo_sql, hi_sql = f"CAST('{lo!r}' AS DOUBLE)", f"CAST('{hi!r}' AS DOUBLE)"
-        cap = (
-            f", {x} = least(greatest({x}, {lo_sql}), {hi_sql})"
-            if rule.get("action") == "cap"
-            else ""
+    if not in_place:
+        # outlier flags or caps and imputed values: statistics of the kept rows, computed
+        # once each and written into the copy as numbers
+        kept = valid()
+        values: dict[str, ir.Value] = {c: kept[c] for c in [*cols, *extra]}
+        flags: dict[str, ir.Value] = {}
+        for oc, rule in flagged_outliers:
+            lo, hi = outlier_bounds(kept, oc, **_outlier_args(rule))
+            flags[f"{oc}_outlier"] = outside(kept[oc], lo, hi)
+            if rule.get("action") == "cap" and lo is not None and hi is not None:
+                values[oc] = kept[oc].clip(lower=lo, upper=hi)
+        for col, strategy in imputed.items():
+            fill = _fill_value(kept, col, strategy)
+            if fill is not None:
+                values[col] = values[col].fill_null(ibis.literal(fill).cast(kept[col].type()))
+        con.create_table(
+            table,
+            kept.select(
+                **values,
+                _source=kept._source,
+                _source_row=kept._source_row,
+                **flags,
+                **{f"{c}_missing": kept[c].isnull() for c in flagged_missing},
+            ),
+            overwrite=True,
         )
-        con.raw_sql(
-            f"UPDATE {name} SET {_quoted(oc + '_outlier')} = true{cap} WHERE {kept_sql} AND "
-            f"(CAST({x} AS DOUBLE) < {lo_sql} OR CAST({x} AS DOUBLE) > {hi_sql})"
-        )
-    written_types = con.table(table).schema()
-    for col, strategy in strategies.items():  # imputed values: statistics of the kept rows
-        x = _quoted(col)
-        integer = written_types[col].is_integer()
-        fill = {
-            "impute_median": f"round(median({x}))" if integer else f"median({x})",
-            "impute_mode": f"mode({x})",
-        }.get(strategy)
-        if fill is not None:
-            con.raw_sql(
-                f"UPDATE {name} SET {x} = (SELECT {fill} FROM {name} WHERE {kept_sql}) "
-                f"WHERE {x} IS NULL AND {kept_sql}"
-            )
-    written = con.table(table)
-    keep = written._reason.isnull() & ~written._duplicate
-    bad = written.filter(written._reason.notnull() & ~written._duplicate)
+    judged_rows = con.table(stage_name, database=stage_db)
+    keep = judged_rows._reason.isnull() & ~judged_rows._duplicate
+    bad = judged_rows.filter(judged_rows._reason.notnull() & ~judged_rows._duplicate)
     con.insert(
         "quarantine",
         bad.select(
@@ -986,16 +994,19 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
         ),
     )
     aggs = {
-        "input": written.count(),
+        "input": judged_rows.count(),
         "kept": keep.sum(),
-        "duplicates": written._duplicate.sum(),
-        "quarantined": (written._reason.notnull() & ~written._duplicate).sum(),
+        "duplicates": judged_rows._duplicate.sum(),
+        "quarantined": (judged_rows._reason.notnull() & ~judged_rows._duplicate).sum(),
     }
-    aggs.update({f: (keep & written[f]).sum() for f in fixes})
-    counts = written.aggregate(**aggs).to_pandas().iloc[0]
-    con.raw_sql(f"DELETE FROM {name} WHERE NOT ({kept_sql})")
-    for h in helpers:
-        con.raw_sql(f"ALTER TABLE {name} DROP COLUMN {_quoted(h)}")
+    aggs.update({f: (keep & judged_rows[f]).sum() for f in fixes})
+    counts = judged_rows.aggregate(**aggs).to_pandas().iloc[0]
+    if in_place:
+        con.raw_sql(f"DELETE FROM {target} WHERE _reason IS NOT NULL OR _duplicate")
+        for h in helpers:
+            con.raw_sql(f"ALTER TABLE {target} DROP COLUMN {_quoted(h)}")
+    else:
+        con.raw_sql(f"DROP TABLE {target}")
     if strategies:
         con.insert("missing_values", _missing_counts(con, table, strategies))
     # sums over an empty table are NULL
@@ -1021,6 +1032,21 @@ def _outlier_args(rule: dict[str, Any]) -> dict[str, Any]:
         "threshold": float(rule.get("threshold", 5.0)),
         "log": bool(rule.get("log", False)),
     }
+
+
+def _fill_value(kept: ir.Table, column: str, strategy: str) -> Any:
+    """Return the value that fills a column's missing values (None when it has none).
+
+    ``impute_median`` rounds half away from zero for an integer column, as SQL's
+    ``round`` does; ``impute_mode`` takes DuckDB's ``mode``.
+    """
+    if strategy == "impute_median":
+        median = _scalar(kept[column].median())
+        if median is None:
+            return None
+        return _round_half_away(median) if kept[column].type().is_integer() else median
+    value = kept[column].mode().execute()
+    return None if value is None or pd.isna(value) else value
 
 
 def missing_strategies(table: str, settings: CleanSettings) -> dict[str, str]:
