@@ -43,7 +43,7 @@ from ibis.backends import BaseBackend
 
 from crm_analytics.entities import MatchSettings, resolve_customers
 from crm_analytics.schemas import TABLES, spec
-from crm_analytics.store import create_temp_table, sql_literal
+from crm_analytics.store import create_temp_table, sql_ident, sql_literal
 
 DEFAULT_CATEGORY_MAP: dict[str, str] = {
     "电子产品": "electronics",
@@ -912,12 +912,11 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
             **{h: judged[h] for h in helpers},
         )
         con.create_table(table, written, overwrite=True)
-        target = _quoted(table)
+        stage_name, stage_db = table, None
     else:
-        create_temp_table(con, f"_staged_{table}", judged)
-        target = '"temp"."main".' + _quoted(f"_staged_{table}")
-    stage_name = table if in_place else f"_staged_{table}"
-    stage_db = None if in_place else ("temp", "main")
+        stage_name, stage_db = f"_staged_{table}", ("temp", "main")
+        create_temp_table(con, stage_name, judged)
+    target = ".".join(sql_ident(part) for part in (*(stage_db or ()), stage_name))
 
     def valid() -> ir.Table:
         """Return the judged rows still kept."""
@@ -1004,7 +1003,7 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     if in_place:
         con.raw_sql(f"DELETE FROM {target} WHERE _reason IS NOT NULL OR _duplicate")
         for h in helpers:
-            con.raw_sql(f"ALTER TABLE {target} DROP COLUMN {_quoted(h)}")
+            con.raw_sql(f"ALTER TABLE {target} DROP COLUMN {sql_ident(h)}")
     else:
         con.raw_sql(f"DROP TABLE {target}")
     if strategies:
@@ -1018,11 +1017,6 @@ def clean_table(con: BaseBackend, table: str, settings: CleanSettings) -> dict[s
     if out["input"] != out["kept"] + out["duplicates"] + out["quarantined"]:
         raise RuntimeError(f"row accounting does not add up for {table}: {out}")
     return out
-
-
-def _quoted(name: str) -> str:
-    """Return a DuckDB identifier in double quotes."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _outlier_args(rule: dict[str, Any]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ from crm_analytics.erasure import (
     suppressed_sql,
 )
 from crm_analytics.schemas import TABLES, spec
-from crm_analytics.store import load_extension, redact_secrets, sql_literal
+from crm_analytics.store import load_extension, redact_secrets, sql_ident, sql_literal
 
 FILE_KINDS: tuple[str, ...] = ("csv", "jsonl", "excel", "parquet")
 KINDS: tuple[str, ...] = (*FILE_KINDS, "sql", "cdnow", "telco")
@@ -202,11 +202,6 @@ def transcode_to_utf8(path: Path, encoding: str, out: Path, chunk_chars: int = 1
             offset += len(block)
         dst.write(decoder.decode(b"", final=True))
     return out
-
-
-def _ident(name: str) -> str:
-    """Quote an identifier for DuckDB SQL."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _duck(con: BaseBackend) -> Any:
@@ -421,11 +416,11 @@ def _select_canonical(
     items = []
     for c in t.columns:
         if c in by_canonical:
-            items.append(f"CAST({_ident(by_canonical[c])} AS VARCHAR) AS {_ident(c)}")
+            items.append(f"CAST({sql_ident(by_canonical[c])} AS VARCHAR) AS {sql_ident(c)}")
         elif c in defaults and defaults[c] is not None:
-            items.append(f"CAST({sql_literal(str(defaults[c]))} AS VARCHAR) AS {_ident(c)}")
+            items.append(f"CAST({sql_literal(str(defaults[c]))} AS VARCHAR) AS {sql_ident(c)}")
         else:
-            items.append(f"CAST(NULL AS VARCHAR) AS {_ident(c)}")
+            items.append(f"CAST(NULL AS VARCHAR) AS {sql_ident(c)}")
     return items
 
 
@@ -516,7 +511,7 @@ def _withheld_of(duck: Any, label: str) -> int:
 
 def _create_raw(duck: Any, table: str) -> None:
     """Create (replace) an empty raw table for ``table``."""
-    cols = ", ".join(f"{_ident(c)} VARCHAR" for c in spec(table).columns)
+    cols = ", ".join(f"{sql_ident(c)} VARCHAR" for c in spec(table).columns)
     duck.execute(
         f"CREATE OR REPLACE TABLE raw_{table} ({cols}, _source VARCHAR, _source_row BIGINT)"
     )
@@ -590,7 +585,7 @@ def _insert_numbered(
     does not store its rejects a second time). Returns the consumed stream.
     """
     stream = numbered_stream(duck, f"SELECT {', '.join(items)} FROM {scan}")
-    names = ", ".join(_ident(c) for c in spec(table).columns)
+    names = ", ".join(sql_ident(c) for c in spec(table).columns)
     duck.register("_numbered", stream.reader)
     try:
         _insert_raw(
@@ -713,12 +708,12 @@ def _native_source(duck: Any, url: str, spec_: dict[str, Any], table: str) -> st
         if scheme == "sqlite":
             duck.execute("SET sqlite_all_varchar = true")  # SQLite's own text of each value
         duck.execute(f"ATTACH {sql_literal(path)} AS {alias} ({options})")
-        return f"{alias}.{_ident(name)}"
+        return f"{alias}.{sql_ident(name)}"
     duck.execute(f"ATTACH {sql_literal(url)} AS {alias} (TYPE postgres, READ_ONLY)")
-    inner = str(spec_["query"]) if spec_.get("query") else f"SELECT * FROM {_ident(name)}"
+    inner = str(spec_["query"]) if spec_.get("query") else f"SELECT * FROM {sql_ident(name)}"
     probe = f"postgres_query({sql_literal(alias)}, {sql_literal(inner)})"
     columns = _source_columns(duck, probe)
-    as_text = ", ".join(f"{_ident(c)}::text AS {_ident(c)}" for c in columns)
+    as_text = ", ".join(f"{sql_ident(c)}::text AS {sql_ident(c)}" for c in columns)
     return (
         f"postgres_query({sql_literal(alias)}, "
         f"{sql_literal(f'SELECT {as_text} FROM ({inner}) AS source')})"
@@ -765,7 +760,7 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
             raise failed(exc) from None
         items = _select_canonical(table, available, spec_, label)
         order = _row_order(spec_, table, available)
-        window = "ORDER BY " + ", ".join(f"CAST({_ident(c)} AS VARCHAR)" for c in order)
+        window = "ORDER BY " + ", ".join(f"CAST({sql_ident(c)} AS VARCHAR)" for c in order)
         try:
             _insert_raw(
                 duck,

@@ -73,6 +73,22 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def sql_ident(name: str) -> str:
+    """Quote an identifier for SQL (double quotes doubled).
+
+    Parameters
+    ----------
+    name : str
+        Table or column name.
+
+    Returns
+    -------
+    str
+        ``"..."``, safe to put in DuckDB or PostgreSQL SQL.
+    """
+    return '"' + name.replace('"', '""') + '"'
+
+
 def encryption_key(encryption_key_env: str) -> str | None:
     """Return the store's encryption key from the environment (None when not encrypted).
 
