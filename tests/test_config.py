@@ -142,3 +142,33 @@ def test_papermill_reads_every_parameter(stage):
     nb_path = ROOT / "notebooks" / config.NOTEBOOKS[stage]
     declared = [n.target.id for n in ast.parse(_parameters_cell(nb_path)).body]
     assert list(papermill.inspect_notebook(str(nb_path))) == declared
+
+
+SHOWN = ("table", "markdown", "interactive_table")
+
+
+def test_every_report_table_of_a_notebook_is_displayed():
+    # IPython shows only a cell's last top-level expression: a report.table(...) anywhere
+    # else (before another statement, inside an if) never reaches the HTML report
+    lost = []
+    for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb_path.read_text(encoding="utf-8"))["cells"]
+        for i, cell in enumerate(cells):
+            if cell["cell_type"] != "code":
+                continue
+            tree = ast.parse("".join(cell["source"]).replace("%matplotlib inline", ""))
+            last = tree.body[-1] if tree.body else None
+            for node in ast.walk(tree):
+                calls = [node.value] if isinstance(node, ast.Expr) and node is not last else []
+                if calls and isinstance(calls[0], ast.IfExp):
+                    calls = [calls[0].body, calls[0].orelse]
+                for call in calls:
+                    func = call.func if isinstance(call, ast.Call) else None
+                    if (
+                        isinstance(func, ast.Attribute)
+                        and isinstance(func.value, ast.Name)
+                        and func.value.id == "report"
+                        and func.attr in SHOWN
+                    ):
+                        lost.append(f"{nb_path.name} cell {i} line {node.lineno}")
+    assert not lost, f"report output never displayed (wrap it in display()): {lost}"
