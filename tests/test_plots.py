@@ -81,6 +81,11 @@ def test_churn_and_forecast_plots_draw_what_they_are_given():
     ranking = pd.DataFrame({"model": ["arima", "seasonal_naive"], "mase": [0.5, 1.0]})
     ax = plots.plot_model_errors(ranking)
     assert [round(p.get_width(), 2) for p in ax.patches] == [0.5, 1.0]
+    relative = ranking.assign(relative_mase=[1.2, 1.0])  # drawn instead of the MASE, best on top
+    ax = plots.plot_model_errors(relative)
+    assert [round(p.get_width(), 2) for p in ax.patches] == [1.0, 1.2]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["seasonal_naive", "arima"]
+    assert [line.get_xdata()[0] for line in ax.get_lines()] == [1.0]  # the seasonal-naive level
     periods = pd.Series(pd.date_range("2025-01-06", periods=10, freq="W-MON"))
     parts = pd.DataFrame({"observed": np.arange(10.0), "trend": np.arange(10.0), "seasonality": np.zeros(10),
                           "effect_double_11": np.zeros(10), "residual": np.zeros(10)})  # fmt: skip

@@ -708,6 +708,89 @@ def _score(actual: np.ndarray, f: pd.DataFrame, history: np.ndarray, m: int) -> 
     }
 
 
+SCORE_COLUMNS: tuple[str, ...] = ("mase", "smape", "rmse", "coverage_80", "coverage_95")
+"""Backtest scores of one forecast (see ``_score``)."""
+
+
+def series_scores(metrics: pd.DataFrame, baseline: str = "seasonal_naive") -> pd.DataFrame:
+    """Return each model's backtest scores per series: the mean over the origins.
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame
+        One row per series, model and origin: ``series``, ``model`` and the scores
+        (mase, smape, rmse, coverage_80, coverage_95).
+    baseline : str, default "seasonal_naive"
+        The model every other is compared with.
+
+    Returns
+    -------
+    pandas.DataFrame
+        series, model, the mean scores, ``beats_seasonal_naive`` (a lower MASE than
+        ``baseline`` on the same series; False where either is missing).
+
+    Raises
+    ------
+    ValueError
+        If a column is missing.
+    """
+    require_columns(metrics, ["series", "model", *SCORE_COLUMNS])
+    out = metrics.groupby(["series", "model"], as_index=False)[list(SCORE_COLUMNS)].mean()
+    base = out[out.model == baseline].set_index("series").mase
+    out["beats_seasonal_naive"] = out.mase < out.series.map(base)
+    return out
+
+
+def rank_models(per_series: pd.DataFrame, baseline: str = "seasonal_naive") -> pd.DataFrame:
+    """Rank the models over all series by their MASE relative to ``baseline``.
+
+    MASE is scaled by each series' own in-sample seasonal-naive error, so a sparse
+    series (a small segment with many empty weeks) can score in the tens for every
+    model, and a mean over series is then that one series. The ranking uses the
+    geometric mean over series of each model's MASE divided by the baseline's
+    (Davydenko and Fildes' average relative error): 0.8 means 20% lower errors than
+    the baseline on a typical series, whatever the series' scale. The median and
+    mean MASE are shown beside it.
+
+    Parameters
+    ----------
+    per_series : pandas.DataFrame
+        Output of :func:`series_scores`.
+    baseline : str, default "seasonal_naive"
+        The model the ratios are taken against (its own ratio is 1).
+
+    Returns
+    -------
+    pandas.DataFrame
+        model, relative_mase (geometric mean of the ratios, over the series where both
+        MASEs are positive and finite), mase_median, mase_mean, smape, coverage_80,
+        coverage_95 (means over series), series_beating_seasonal_naive, series; best
+        (lowest relative_mase) first.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing.
+    """
+    require_columns(per_series, ["series", "model", *SCORE_COLUMNS, "beats_seasonal_naive"])
+    base = per_series[per_series.model == baseline].set_index("series").mase
+    ratio = per_series.mase / per_series.series.map(base)
+    usable = np.isfinite(ratio) & (ratio > 0)
+    scored = per_series.assign(_log_ratio=np.log(ratio.where(usable)))
+    ranking = scored.groupby("model", as_index=False).agg(
+        relative_mase=("_log_ratio", "mean"),
+        mase_median=("mase", "median"),
+        mase_mean=("mase", "mean"),
+        smape=("smape", "mean"),
+        coverage_80=("coverage_80", "mean"),
+        coverage_95=("coverage_95", "mean"),
+        series_beating_seasonal_naive=("beats_seasonal_naive", "sum"),
+        series=("series", "count"),
+    )
+    ranking["relative_mase"] = np.exp(ranking.relative_mase)
+    return ranking.sort_values(["relative_mase", "mase_median"], ignore_index=True)
+
+
 def forecast_series(task: SeriesTask) -> SeriesResult:
     """Backtest every model on one series, choose by MASE, and forecast with the chosen one.
 

@@ -754,12 +754,14 @@ def plot_backtest(backtest: pd.DataFrame, metric: str = "roc_auc", ax: Axes | No
 
 @_localised
 def plot_model_errors(ranking: pd.DataFrame, ax: Axes | None = None) -> Axes:
-    """Bars of each forecasting model's mean backtest MASE, with seasonal naive marked.
+    """Bars of each forecasting model's backtest error, with seasonal naive marked.
 
     Parameters
     ----------
     ranking : pandas.DataFrame
-        model and mase (mean over series and origins).
+        model and ``relative_mase`` (:func:`crm_analytics.forecast.rank_models`: MASE
+        relative to seasonal naive, geometric mean over series), drawn with a line at
+        1; or model and ``mase``.
     ax : Axes, optional
         Where to draw.
 
@@ -769,11 +771,18 @@ def plot_model_errors(ranking: pd.DataFrame, ax: Axes | None = None) -> Axes:
         The axes drawn on.
     """
     ax = _ax(ax)
-    d = ranking.sort_values("mase")
+    relative = "relative_mase" in ranking.columns
+    col = "relative_mase" if relative else "mase"
+    d = ranking.sort_values(col)
     colors = ["C3" if m == "seasonal_naive" else "C0" for m in d.model]
-    ax.barh(d.model, d.mase, color=colors)
+    ax.barh(d.model, d[col], color=colors)
     ax.invert_yaxis()
-    ax.set(title="Backtest error by model (mean MASE, lower is better)", xlabel="MASE")
+    if relative:
+        ax.axvline(1.0, color="0.3", linestyle="--", linewidth=1)
+        ax.set(title="Backtest error by model, relative to seasonal naive (lower is better)",
+               xlabel="MASE / seasonal-naive MASE (geometric mean over series)")  # fmt: skip
+    else:
+        ax.set(title="Backtest error by model (mean MASE, lower is better)", xlabel="MASE")
     return ax
 
 
