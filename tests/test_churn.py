@@ -662,3 +662,25 @@ def test_tuning_stops_growing_a_candidate_once_validation_loss_stalls(monkeypatc
     np.testing.assert_array_equal(
         stopped[2].predict_proba(valid), all_trees[2].predict_proba(valid)
     )
+
+
+def test_bgnbd_baseline_fitted_on_a_sample_scores_every_customer_alike():
+    from lifetimes.generate_data import beta_geometric_nbd_model
+
+    np.random.seed(11)  # noqa: NPY002 - lifetimes' simulator draws from the global generator
+    summary = beta_geometric_nbd_model(T=52, size=20000, r=0.3, alpha=4.0, a=0.7, b=2.5)
+    summary = summary.reset_index(drop=True).assign(
+        customer_id=[f"c{i}" for i in range(len(summary))], monetary_value=0.0
+    )
+    ids = pd.Series(["c5", "missing", *summary.customer_id.iloc[:2000]])
+    full = churn.bgnbd_churn_scores(summary, ids, 60, 7)
+    sampled = churn.bgnbd_churn_scores(summary, ids, 60, 7, fit_customers=5000, seed=3)
+    assert np.isnan(full[1]) and np.isnan(sampled[1])  # absent from the summary
+    assert not np.allclose(full[~np.isnan(full)], sampled[~np.isnan(sampled)], atol=1e-9)
+    # a quarter of the customers estimate the same four parameters: scores within 0.02
+    assert np.nanmax(np.abs(full - sampled)) < 0.02
+    # the sample is seeded, and a sample at least as large as the data is the data
+    again = churn.bgnbd_churn_scores(summary, ids, 60, 7, fit_customers=5000, seed=3)
+    np.testing.assert_array_equal(sampled, again)
+    whole = churn.bgnbd_churn_scores(summary, ids, 60, 7, fit_customers=len(summary), seed=3)
+    np.testing.assert_array_equal(full, whole)

@@ -1140,6 +1140,8 @@ def bgnbd_churn_scores(
     window_days: int,
     time_unit_days: int = 7,
     penalizer: float = 0.001,
+    fit_customers: int = 0,
+    seed: int = 0,
 ) -> np.ndarray:
     """Return the BG/NBD probability of no purchase in the label window (a churn baseline).
 
@@ -1156,6 +1158,11 @@ def bgnbd_churn_scores(
         Unit of the summary.
     penalizer : float, default 0.001
         L2 penalty of the fit.
+    fit_customers : int, default 0
+        Customers (a seeded sample of ``summary``) the four parameters are fitted on
+        when there are more; 0 fits on every customer. Every customer is scored.
+    seed : int, default 0
+        Seed of that sample.
 
     Returns
     -------
@@ -1166,7 +1173,10 @@ def bgnbd_churn_scores(
     from crm_analytics.clv import CLVModel
 
     unit = "W" if time_unit_days == 7 else "D"
-    model = CLVModel("bgnbd", penalizer=penalizer, time_unit=unit, spend=False).fit(summary)
+    fitted_on = summary
+    if 0 < fit_customers < len(summary):
+        fitted_on = summary.sample(n=fit_customers, random_state=seed)
+    model = CLVModel("bgnbd", penalizer=penalizer, time_unit=unit, spend=False).fit(fitted_on)
     p = pd.Series(model.probability_no_purchase(summary, window_days / time_unit_days),
                   index=summary.customer_id.to_numpy())  # fmt: skip
     return p.reindex(customer_ids.to_numpy()).to_numpy(dtype=float)
@@ -1841,7 +1851,12 @@ def customer_split_at(frame: pd.DataFrame, test_size: float = 0.25) -> Callable[
 
 
 def bgnbd_scorer(
-    orders: ir.Table, window_days: int, time_unit_days: int = 7, penalizer: float = 0.001
+    orders: ir.Table,
+    window_days: int,
+    time_unit_days: int = 7,
+    penalizer: float = 0.001,
+    fit_customers: int = 0,
+    seed: int = 0,
 ) -> Callable[[ChurnSplit], dict[str, np.ndarray]]:
     """Return a function giving the BG/NBD baseline for a split's test customers.
 
@@ -1855,6 +1870,11 @@ def bgnbd_scorer(
         Time unit of the purchase model.
     penalizer : float, default 0.001
         L2 penalty.
+    fit_customers : int, default 0
+        Customers sampled (seeded) for the fit when there are more; 0 means all
+        (see :func:`bgnbd_churn_scores`).
+    seed : int, default 0
+        Seed of that sample.
 
     Returns
     -------
@@ -1868,7 +1888,7 @@ def bgnbd_scorer(
         cutoff = split.cutoffs["test"][0]
         summary = to_frame(clv_summary(orders, cutoff, time_unit_days))
         return {"BG/NBD": bgnbd_churn_scores(summary, split.test.customer_id, window_days,
-                                             time_unit_days, penalizer)}  # fmt: skip
+                                             time_unit_days, penalizer, fit_customers, seed)}  # fmt: skip
 
     return score
 
