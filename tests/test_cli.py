@@ -64,6 +64,23 @@ def test_prune_runs_keeps_the_newest_and_latest(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c", "d", "latest"]
 
 
+def test_prune_runs_counts_each_parameter_file_and_keeps_the_compared_run(tmp_path):
+    import json
+
+    from crm_analytics.runner import prune_runs
+
+    runs = [("s1", "small.yaml"), ("b1", "big.yaml"), ("s2", "small.yaml"), ("b2", "big.yaml"),
+            ("s3", "small.yaml"), ("b3", "big.yaml"), ("s4", "small.yaml")]  # fmt: skip
+    for i, (name, params) in enumerate(runs):
+        (tmp_path / name).mkdir()
+        manifest = {"started_at": f"2026-01-0{i + 1}", "params_file": params}
+        (tmp_path / name / "manifest.json").write_text(json.dumps(manifest))
+    # two per parameter file: the big runs do not push out the small ones, and the run
+    # the current one is compared with (s2, say) stays although it is older
+    assert prune_runs(tmp_path, 2, current="s4", protect=["s2"]) == ["b1", "s1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b2", "b3", "s2", "s3", "s4"]
+
+
 def _run_folder(reports, name, day, stages, status="ok", params="params/default.yaml"):
     import json
 

@@ -27,6 +27,26 @@ def test_association_rules_known_answer():
     assert_frame_equal(got, expected, check_dtype=False)
 
 
+def test_pairs_bought_together_less_often_than_chance_are_no_rules():
+    # a and b are each in half the orders and share two: support 0.2, confidence 0.4,
+    # lift 0.2 / (0.5 * 0.5) = 0.8; c and d always come together: lift 0.2 / 0.2**2 = 5
+    items = pd.DataFrame(
+        {
+            "order_id": [1, 1, 2, 3, 4, 4, 5, 5, 6, 7, 8, 9, 10, 10],
+            "item": ["a", "b", "a", "a", "c", "d", "a", "b", "b", "b", "a", "b", "c", "d"],
+        }
+    )
+    got = crosssell.association_rules(ibis.memtable(items), 0.1, 0.2).to_pandas()
+    assert got[["antecedent", "consequent"]].values.tolist() == [["c", "d"], ["d", "c"]]
+    assert got.lift.tolist() == pytest.approx([5.0, 5.0])
+    # with the bar lowered below the pair's lift, it is a rule again, strongest lift first
+    every = crosssell.association_rules(ibis.memtable(items), 0.1, 0.2, min_lift=0.0).to_pandas()
+    assert every[["antecedent", "consequent"]].values.tolist() == [
+        ["c", "d"], ["d", "c"], ["a", "b"], ["b", "a"]
+    ]  # fmt: skip
+    assert every.lift.tolist() == pytest.approx([5.0, 5.0, 0.8, 0.8])
+
+
 def test_purchased_items_uses_paid_orders_in_the_period():
     orders = ibis.memtable(
         pd.DataFrame(

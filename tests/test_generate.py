@@ -96,3 +96,31 @@ def test_rate_scale_multiplies_orders(tmp_path):
     )
     with pytest.raises(ValueError, match="rate_scale"):
         gen.generate(tmp_path / "bad", 400, rate_scale=0)
+
+
+def test_the_planted_complements_are_the_only_association_rules(tiny_dataset):
+    import ibis
+
+    from crm_analytics import crosssell
+
+    orders = pd.concat(
+        pd.read_csv(f, dtype=str) for f in sorted((tiny_dataset / "orders").glob("*.csv"))
+    )
+    lines = pd.concat(
+        pd.read_csv(f, dtype=str) for f in sorted((tiny_dataset / "order_items").glob("*.csv"))
+    )
+    # the generator writes some category labels inconsistently (clean maps them back)
+    canonical = {v.strip().lower(): c for c, vs in gen.CATEGORY_VARIANTS.items() for v in vs}
+    label = lines.category.str.strip().str.lower()
+    lines = lines.assign(item=label.map(canonical).fillna(label))
+    paid = set(orders.order_id[orders.status.str.strip().str.lower() == "paid"])
+    items = lines[lines.order_id.isin(paid)][["order_id", "item"]]
+    rules = crosssell.association_rules(ibis.memtable(items), 0.01, 0.05).to_pandas()
+    planted = set(gen.COMPLEMENTS.items())
+    assert set(zip(rules.antecedent, rules.consequent, strict=True)) == planted
+    # every other pair is bought together less often than chance
+    every = crosssell.association_rules(ibis.memtable(items), 0.0, 0.0, min_lift=0.0).to_pandas()
+    others = every[
+        [(a, c) not in planted for a, c in zip(every.antecedent, every.consequent, strict=True)]
+    ]
+    assert len(others) > 0 and (others.lift < 1).all()

@@ -111,8 +111,9 @@ def test_manifest_and_metrics(run):
     assert metrics["churn"]["leakage_check"] == "passed"
     assert 0.5 < metrics["churn"]["oracle_roc_auc"] <= 1  # the generator's own drop-out process
     assert metrics["churn"]["calibration"] in ("none", "sigmoid", "isotonic")
-    assert metrics["churn"]["retention_positive_targets"] >= 0
     ch = metrics["churn"]
+    assert 0 <= ch["retention_consenting_targets"] <= ch["retention_positive_targets"]
+    assert 0 <= ch["retention_expected_value"] <= ch["retention_expected_value_all"]
     for name in ("gradient boosting", "logistic regression", "recency only", "BG/NBD"):
         m = ch["models"][name]
         assert (

@@ -147,3 +147,16 @@ def test_text_columns_read_from_the_left_and_phrases_get_room():
     assert styles.count("min-width: 16em") == 1
     wide = styles.split("min-width: 16em")[0].rsplit("}", 1)[-1]
     assert ".col2" in wide and ".col1" not in wide and ".col3" not in wide
+
+
+def test_missing_values_show_as_a_dash():
+    frame = pd.DataFrame(
+        {
+            "model": ["arima", None],
+            "c": [float("nan"), 0.1],
+            "n": pd.array([None, 3], dtype="Int64"),
+        }
+    )
+    cells = report.table(frame, "Hyper-parameters tried").to_html().split("</style>")[1]
+    assert "nan" not in cells and "&lt;NA&gt;" not in cells and "None" not in cells
+    assert cells.count(">–<") == 3 and ">0.10<" in cells and ">arima<" in cells

@@ -47,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--only", help="run this stage only")
     r.add_argument("--reports-dir", default="reports", help="where run folders go")
     r.add_argument(
-        "--keep", type=int, default=0, help="keep only the newest N run folders (0: all)"
+        "--keep",
+        type=int,
+        default=0,
+        help="keep only the newest N run folders of this parameter file (0: all)",
     )
 
     f = sub.add_parser(

@@ -104,9 +104,15 @@ def customer_item_pairs(items: ir.Table) -> pd.DataFrame:
 
 
 def association_rules(
-    items: ir.Table, min_support: float = 0.01, min_confidence: float = 0.1
+    items: ir.Table, min_support: float = 0.01, min_confidence: float = 0.1, min_lift: float = 1.0
 ) -> ir.Table:
     """Return rules A -> B between items bought in the same order, computed in the store.
+
+    A rule is kept when it is frequent (``min_support``), reliable (``min_confidence``)
+    and a positive association: its lift, P(A and B) / (P(A) P(B)), above ``min_lift``.
+    With the default 1, pairs bought together less often than chance never become
+    rules, however frequent (two popular items that rarely share a basket have a high
+    support and confidence, and a lift below 1).
 
     Parameters
     ----------
@@ -116,6 +122,8 @@ def association_rules(
         Smallest share of orders holding both items.
     min_confidence : float, default 0.1
         Smallest P(B | A).
+    min_lift : float, default 1.0
+        Rules need a lift above this.
 
     Returns
     -------
@@ -142,7 +150,9 @@ def association_rules(
         confidence=r.orders.cast("float64") / r.n_a,
         lift=r.orders.cast("float64") * r._n / (r.n_a * r.n_b),
     )
-    r = r.filter((r.support >= min_support) & (r.confidence >= min_confidence))
+    r = r.filter(
+        (r.support >= min_support) & (r.confidence >= min_confidence) & (r.lift > min_lift)
+    )
     # ties broken by the items, so the same data always gives the same order
     return r.select("antecedent", "consequent", "orders", "support", "confidence", "lift").order_by(
         [ibis.desc("lift"), ibis.desc("support"), "antecedent", "consequent"]

@@ -20,7 +20,9 @@ signup until ``signup + tau`` (the true drop-out date), then never again.
 ``m(t)`` is a shared calendar intensity: linear trend, weekly cycle, yearly
 cycle, Chinese retail peaks (Spring Festival run-up and holiday dip, 618,
 Double 11) and promotion weeks. Order size follows the persona's spend level and
-category mix. Events, tickets and surveys are drawn from the same active windows;
+category mix; a later line of an order often completes its first line's category
+(:data:`COMPLEMENTS`: electronics with home, fashion with beauty), the one basket
+association planted for the cross-sell rules to find. Events, tickets and surveys are drawn from the same active windows;
 satisfaction and NPS drop in the months before drop-out.
 
 Messiness is injected at documented rates (:data:`DEFECT_RATES`) and each
@@ -111,6 +113,16 @@ CATEGORY_VARIANTS: dict[str, list[str]] = {
     "grocery": ["Grocery", "groceries", "食品"],
 }
 """Inconsistent labels injected for each canonical category."""
+
+COMPLEMENTS: dict[str, str] = {
+    "electronics": "home",
+    "home": "electronics",
+    "fashion": "beauty",
+    "beauty": "fashion",
+}
+"""Category a later line of an order completes its first line's with (cross-sell planted)."""
+COMPLEMENT_RATE = 0.4
+"""Share of the later lines of an order that take the complement of its first line's category."""
 
 CHANNELS: list[str] = ["online", "store", "app"]
 
@@ -567,6 +579,17 @@ def _generate_chunk(
     cat_cum = np.cumsum(cat_p[persona_idx[line_cust]], axis=1)
     cat_idx = (rng.random(len(line_order))[:, None] > cat_cum).sum(axis=1)
     cat_idx = np.minimum(cat_idx, len(CATEGORIES) - 1)
+    # complementary purchases: a later line of an order often completes the category of
+    # its first line, so basket rules have a positive association to find. The draws
+    # come from a stream of their own, so every other draw stays as it was
+    complement_rng = rng.spawn(1)[0]
+    first_line = np.cumsum(n_items) - n_items
+    later = np.ones(len(line_order), bool)
+    later[first_line] = False
+    complement = np.array([CATEGORIES.index(COMPLEMENTS[c]) if c in COMPLEMENTS else -1
+                           for c in CATEGORIES])[cat_idx[first_line]][line_order]  # fmt: skip
+    planted = later & (complement >= 0) & (complement_rng.random(len(line_order)) < COMPLEMENT_RATE)
+    cat_idx = np.where(planted, complement, cat_idx)
     base_price = np.array([CATEGORY_PRICE[c] for c in CATEGORIES])[cat_idx]
     spend_factor = (par["spend"] / 260.0)[line_cust]
     unit_price = np.round(base_price * spend_factor * rng.lognormal(0, 0.35, len(line_order)), 2)

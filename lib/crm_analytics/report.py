@@ -123,6 +123,7 @@ def table(frame: pd.DataFrame, caption: str, precision: int = 2) -> Any:
 
     Cell values, column names and the caption are HTML-escaped: text from the
     data (a category called ``<script>...``) shows as text, never as markup.
+    Missing values show as a dash, not as "nan" or "<NA>".
     Text columns are left-aligned, and those holding phrases (over 24
     characters) at least 16em wide, so that they do not wrap a word per line.
 
@@ -141,7 +142,7 @@ def table(frame: pd.DataFrame, caption: str, precision: int = 2) -> Any:
         The styled table.
     """
     styler = frame.style.hide(axis="index").format(
-        precision=precision, thousands=",", escape="html"
+        precision=precision, thousands=",", escape="html", na_rep="–"
     )
     styler = styler.format_index(escape="html", axis=1)
     # text reads from the left; a column of phrases gets room instead of a word per line

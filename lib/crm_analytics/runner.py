@@ -265,19 +265,25 @@ def snapshot_customer_state(
     return state
 
 
-def prune_runs(reports: Path, keep: int, current: str) -> list[str]:
-    """Delete all but the ``keep`` newest run folders (and their customer snapshots).
+def prune_runs(reports: Path, keep: int, current: str, protect: Iterable[str] = ()) -> list[str]:
+    """Delete all but the ``keep`` newest run folders of each parameter file (and their snapshots).
 
-    The current run and the target of ``latest`` are never deleted.
+    Runs are counted per parameter file (``params_file`` in their manifests), so runs of
+    other parameters sharing the folder, such as benchmark sizes or a second schedule,
+    do not push out the runs a run is compared with. The current run, the target of
+    ``latest`` and the runs in ``protect`` (the run the current one is compared with,
+    whose report it links to) are never deleted.
 
     Parameters
     ----------
     reports : Path
         Folder of run folders.
     keep : int
-        Runs to keep (at least 1).
+        Runs to keep per parameter file (at least 1).
     current : str
         The run just finished.
+    protect : iterable of str, optional
+        More run ids to keep.
 
     Returns
     -------
@@ -287,13 +293,19 @@ def prune_runs(reports: Path, keep: int, current: str) -> list[str]:
     import shutil
 
     latest = (reports / "latest").resolve().name if (reports / "latest").is_symlink() else None
-    runs = sorted(((r.started_at, r.name) for r in read_runs(reports)), reverse=True)
+    kept = {current, latest, *protect}
+    by_params: dict[str, list[tuple[str, str]]] = {}
+    for r in read_runs(reports):
+        by_params.setdefault(str(r.manifest.get("params_file", "")), []).append(
+            (r.started_at, r.name)
+        )
     removed = []
-    for _, name in runs[max(keep, 1) :]:
-        if name in (current, latest):
-            continue
-        shutil.rmtree(reports / name)
-        removed.append(name)
+    for runs in by_params.values():
+        for _, name in sorted(runs, reverse=True)[max(keep, 1) :]:
+            if name in kept:
+                continue
+            shutil.rmtree(reports / name)
+            removed.append(name)
     return sorted(removed)
 
 
@@ -983,7 +995,7 @@ def _run_stages(
         raise failure
     _update_latest(reports, run_id)
     if keep:
-        for gone in prune_runs(reports, keep, run_id):
+        for gone in prune_runs(reports, keep, run_id, [before.name] if before else []):
             say(f"removed old run {gone} (keeping the newest {keep})")
     say(f"report: {run_dir / 'index.html'}")
     return run_dir

@@ -335,8 +335,10 @@ def findings(
                           f"NPS 最高的是 {e(hi)}（{nps[hi]:+.0f}），最低的是 {e(lo)}（{nps[lo]:+.0f}）。"))  # fmt: skip
         rec, pop = get(m, "recommendations.hit_rate"), get(m, "recommendations_popularity.hit_rate")
         if rec is not None and pop is not None:
-            out.append(_t(L, f"Personal recommendations were bought {rec:.0%} of the time, against {pop:.0%} for the "
-                             "most popular items.", f"个性化推荐的命中率为 {rec:.0%}，热门商品为 {pop:.0%}。"))  # fmt: skip
+            out.append(_t(L, f"Of the customers who bought something new after the cutoff, {rec:.0%} bought at least one "
+                             f"of their personal recommendations, against {pop:.0%} with the most popular items.",
+                          f"截止日之后购买了新商品的客户中，{rec:.0%} 至少买了一件个性化推荐的商品，"
+                          f"推荐热门商品时为 {pop:.0%}。"))  # fmt: skip
     elif stage == "churn":
         best = m.get("best_model")
         auc = m.get("holdout_roc_auc")
@@ -364,10 +366,10 @@ def findings(
         if top:
             out.append(_t(L, "What predicts churn most: " + ", ".join(e(t) for t in top[:3]) + ".",
                           "最能预测流失的因素：" + "、".join(e(translate(t, "zh")) for t in top[:3]) + "。"))  # fmt: skip
-        if m.get("retention_positive_targets"):
-            out.append(_t(L, f"Contacting the {m['retention_positive_targets']:,} customers worth it is expected to "
-                             f"save {m.get('retention_expected_value', 0):,.0f}.",
-                          f"联系值得挽留的 {m['retention_positive_targets']:,} 位客户，预计可挽回 "
+        if m.get("retention_consenting_targets"):
+            out.append(_t(L, f"Contacting the {m['retention_consenting_targets']:,} consenting customers worth it is "
+                             f"expected to save {m.get('retention_expected_value', 0):,.0f}.",
+                          f"联系值得挽留且同意营销的 {m['retention_consenting_targets']:,} 位客户，预计可挽回 "
                           f"{m.get('retention_expected_value', 0):,.0f}。"))  # fmt: skip
     elif stage == "forecast":
         chosen, cm, sn = m.get("chosen_model"), m.get("chosen_mase"), m.get("seasonal_naive_mase")
