@@ -397,6 +397,93 @@ def test_generated_dataset_is_fully_accounted(tiny_dataset, duck):
     negative = defects[(defects.defect == "negative_amount") & defects.key.isin(kept)]
     fixes = duck.table("value_fixes").to_pandas().set_index("fix").rows
     assert fixes["amount: negative, booked as a refund"] == len(negative) > 0
+    # amounts multiplied by 1000 are flagged, whether or not they look extreme for an order
+    absurd = set(defects.key[defects.defect == "absurd_amount"]) & kept
+    orders = duck.table("orders").to_pandas()
+    flagged = set(orders.order_id[orders.amount_outlier])
+    assert absurd and absurd <= flagged
+    unit = fixes[
+        "amount: over 20x or under 1/20 of its lines' total (unit error), flagged as outlier"
+    ]
+    assert 0 < unit <= len(absurd)  # the rest were already outliers by the MAD rule
+
+
+def test_amount_unit_errors_compare_the_amount_as_written_with_the_lines():
+    orders = pd.DataFrame(
+        {
+            "order_id": ["ok", "cents", "zeros", "discount", "no_lines", "free", "usd"],
+            "amount": [100.0, 1.0, 100_000.0, 60.0, 5.0, 0.0, 710.0],
+            # the usd order's amount was converted (x7.1); its lines are in dollars
+            "amount_source": [100.0, 1.0, 100_000.0, 60.0, 5.0, 0.0, 100.0],
+        }
+    )
+    lines = pd.DataFrame(
+        {
+            "order_id": ["ok", "ok", "cents", "zeros", "discount", "free", "usd"],
+            "quantity": [1, 2, 1, 1, 1, 1, 1],
+            "unit_price": [40.0, 30.0, 100.0, 100.0, 100.0, 0.0, 100.0],
+        }
+    )
+    got = clean.amount_unit_errors(ibis.memtable(orders), ibis.memtable(lines), 20.0).to_pandas()
+    got = got.sort_values("order_id", ignore_index=True)
+    expected = pd.DataFrame(
+        {
+            "order_id": ["cents", "zeros"],
+            "stated": [1.0, 100_000.0],
+            "lines_total": [100.0, 100.0],
+            "ratio": [0.01, 1000.0],
+        }
+    )
+    assert_frame_equal(got, expected, check_dtype=False)
+    with pytest.raises(ValueError, match="unit_price"):
+        clean.amount_unit_errors(
+            ibis.memtable(orders), ibis.memtable(lines.drop(columns="unit_price")), 20
+        )
+    with pytest.raises(ValueError, match="above 1"):
+        clean.CleanSettings.build(amount_line_ratio=0.5)
+
+
+def test_unit_errors_are_flagged_in_the_store_and_counted(duck):
+    _all_raw(
+        duck,
+        customers=[{"customer_id": "C1", "signup_date": "2024-01-05"}],
+        orders=[
+            {
+                "order_id": f"O{i}",
+                "customer_id": "C1",
+                "order_ts": "2025-03-01",
+                "amount": amount,
+                "currency": "CNY",
+                "status": "paid",
+            }
+            for i, amount in enumerate(["100", "100000", "90", "110"])
+        ],
+        order_items=[
+            {
+                "order_id": f"O{i}",
+                "sku": "S",
+                "category": "home",
+                "quantity": "1",
+                "unit_price": "100",
+            }
+            for i in range(4)
+        ],
+    )
+    no_rule = clean.CleanSettings.build(
+        as_of=AS_OF, outliers={"orders.amount": {"action": "quarantine", "threshold": 1e9}}
+    )
+    clean.clean_all(duck, no_rule)  # no flag column from an outlier rule: the check adds it
+    orders = duck.table("orders").to_pandas().set_index("order_id")
+    assert orders.amount_outlier.to_dict() == {"O0": False, "O1": True, "O2": False, "O3": False}
+    fixes = duck.table("value_fixes").to_pandas()
+    assert fixes[fixes.fix.str.contains("unit error")].rows.tolist() == [1]
+    off = clean.CleanSettings.build(
+        as_of=AS_OF,
+        outliers={"orders.amount": {"action": "quarantine", "threshold": 1e9}},
+        amount_line_ratio=0,
+    )
+    clean.clean_all(duck, off)  # the check is off: no flag, not even the column
+    assert "amount_outlier" not in duck.table("orders").columns
 
 
 def test_later_repeats_are_all_but_the_first_by_source_and_row(duck):

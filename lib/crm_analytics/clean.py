@@ -146,6 +146,11 @@ class CleanSettings:
         Outlier rules (see :data:`DEFAULT_OUTLIERS`).
     missing : dict
         Missing-value strategies (see :data:`DEFAULT_MISSING`).
+    amount_line_ratio : float
+        An order whose amount is more than this many times the total of its lines, or
+        less than its inverse, is flagged as an amount outlier: a unit error (an amount
+        typed in cents, three zeros too many) that the outlier rule misses when the
+        wrong amount is still plausible for some order. 0 turns the check off.
     """
 
     as_of: dt.date
@@ -158,8 +163,13 @@ class CleanSettings:
     negative_amounts: str = "refund"
     outliers: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_OUTLIERS))
     missing: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MISSING))
+    amount_line_ratio: float = 20.0
 
     def __post_init__(self) -> None:
+        if self.amount_line_ratio != 0 and not self.amount_line_ratio > 1:
+            raise ValueError(
+                f"amount_line_ratio must be 0 (off) or above 1, got {self.amount_line_ratio}"
+            )
         if self.negative_amounts not in ("refund", "quarantine"):
             raise ValueError(
                 f"negative_amounts must be 'refund' or 'quarantine', got {self.negative_amounts!r}"
@@ -1159,6 +1169,7 @@ def clean_all(
         counts["input"] += unparsed
         counts["quarantined"] += unparsed
         rows.append({"table": table, **counts, "merged": 0})
+    flag_amount_unit_errors(con, settings.amount_line_ratio)
     acc = pd.DataFrame(rows)[["table", "input", "kept", "duplicates", "merged", "quarantined"]]
     if match is not None:
         result = resolve_customers(con, match)
@@ -1171,6 +1182,103 @@ def clean_all(
         raise RuntimeError(f"row accounting does not add up:\n{acc}")
     con.create_table("row_accounting", acc, overwrite=True)
     return acc
+
+
+def amount_unit_errors(orders: ir.Table, order_items: ir.Table, max_ratio: float) -> ir.Table:
+    """Return the orders whose amount is out of scale with the total of their lines.
+
+    An amount more than ``max_ratio`` times its lines' total (quantity x unit price
+    summed), or less than its inverse, is a unit error rather than a discount or a
+    delivery charge. The amount as written (``amount_source``, before conversion to
+    the base currency, when the table has it) is compared, in absolute value, since
+    lines are priced in the order's own currency. Orders without lines, or with a zero
+    amount or total, are not judged.
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders (order_id, amount, optionally amount_source).
+    order_items : ibis Table
+        Clean order lines (order_id, quantity, unit_price).
+    max_ratio : float
+        Largest ratio either way (above 1).
+
+    Returns
+    -------
+    ibis Table
+        order_id, stated (the amount compared), lines_total, ratio (stated / lines_total).
+
+    Raises
+    ------
+    ValueError
+        If a column is missing or ``max_ratio`` is not above 1.
+    """
+    if not max_ratio > 1:
+        raise ValueError(f"max_ratio must be above 1, got {max_ratio}")
+    for table, name, cols in (
+        (orders, "orders", ["order_id", "amount"]),
+        (order_items, "order_items", ["order_id", "quantity", "unit_price"]),
+    ):
+        missing = [c for c in cols if c not in table.columns]
+        if missing:
+            raise ValueError(f"{name} has no column {', '.join(map(repr, missing))}")
+    value = order_items.quantity.cast("float64") * order_items.unit_price.cast("float64")
+    lines = order_items.select("order_id", _value=value)
+    totals = lines.group_by("order_id").aggregate(lines_total=lines._value.sum())
+    amount = orders.amount_source if "amount_source" in orders.columns else orders.amount
+    stated = orders.select("order_id", stated=amount.cast("float64").abs())
+    j = stated.join(totals, "order_id")
+    out = j.filter((j.stated > 0) & (j.lines_total > 0))
+    ratio = out.stated / out.lines_total
+    return out.filter((ratio > max_ratio) | (ratio < 1 / max_ratio)).select(
+        "order_id", "stated", "lines_total", ratio=ratio
+    )
+
+
+def flag_amount_unit_errors(con: BaseBackend, max_ratio: float) -> int:
+    """Flag orders out of scale with their lines as amount outliers, in the store.
+
+    The orders of :func:`amount_unit_errors` get ``amount_outlier`` set (the column is
+    added when no outlier rule made it): they stay, and analyses leave them out like
+    the other flagged amounts. The count goes to ``value_fixes``.
+
+    Parameters
+    ----------
+    con : BaseBackend
+        The store, with clean ``orders`` and ``order_items``.
+    max_ratio : float
+        See :func:`amount_unit_errors`; 0 does nothing.
+
+    Returns
+    -------
+    int
+        Orders newly flagged.
+    """
+    if not max_ratio or not {"orders", "order_items"} <= set(con.list_tables()):
+        return 0
+    create_temp_table(
+        con,
+        "_unit_errors",
+        amount_unit_errors(con.table("orders"), con.table("order_items"), max_ratio).select(
+            "order_id"
+        ),
+    )
+    con.raw_sql("ALTER TABLE orders ADD COLUMN IF NOT EXISTS amount_outlier BOOLEAN DEFAULT false")
+    result = con.raw_sql(
+        'UPDATE orders SET amount_outlier = true FROM "temp"."main"."_unit_errors" AS u '
+        "WHERE orders.order_id = u.order_id AND NOT coalesce(orders.amount_outlier, false)"
+    )
+    n = int(result.fetchone()[0])
+    con.raw_sql('DROP TABLE "temp"."main"."_unit_errors"')
+    fix = unit_error_fix(max_ratio)
+    con.insert("value_fixes", pd.DataFrame({"table": ["orders"], "fix": [fix], "rows": [n]}))
+    return n
+
+
+def unit_error_fix(max_ratio: float) -> str:
+    """Return the ``value_fixes`` label of :func:`flag_amount_unit_errors`."""
+    ratio = f"{max_ratio:g}"
+    return f"amount: over {ratio}x or under 1/{ratio} of its lines' total (unit error), flagged as outlier"
 
 
 def _as_date(value: dt.date | str | None) -> dt.date:
