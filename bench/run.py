@@ -115,11 +115,16 @@ print(json.dumps({"seconds": time.perf_counter() - t0,
 
 
 def generate(n: int, rate_scale: float) -> dict[str, Any] | None:
-    """Generate ``n`` customers into data/bench/<n>/ unless already there at ``rate_scale``."""
+    """Generate ``n`` customers into data/bench/<n>/ unless there already, made by this code at ``rate_scale``."""
+    from crm_analytics.generate import generator_version
+
     out = BENCH / str(n)
     if (out / "_SUCCESS").is_file():
         meta = json.loads((out / "truth" / "generation.json").read_text())
-        if meta.get("rate_scale", 1.0) == rate_scale:
+        if (
+            meta.get("rate_scale", 1.0) == rate_scale
+            and meta.get("generator") == generator_version()
+        ):
             return None
     done = subprocess.run(
         [sys.executable, "-c", GENERATE, str(out), str(n), str(rate_scale)],

@@ -1,4 +1,5 @@
 import hashlib
+import json
 import sqlite3
 
 import numpy as np
@@ -53,6 +54,9 @@ def test_sources_and_truth_written(tiny_dataset):
     assert truth.duplicate_of.notna().any()
     defects = pd.read_csv(d / "truth" / "defects.csv")
     assert {"negative_amount", "exact_duplicate_row", "duplicate_record"} <= set(defects.defect)
+    # the code that made the data is recorded, so stale generated data can be recognised
+    meta = json.loads((d / "truth" / "generation.json").read_text())
+    assert meta["generator"] == gen.generator_version() and len(meta["generator"]) == 16
 
 
 def test_orders_stop_at_true_dropout(tiny_dataset):
