@@ -42,7 +42,7 @@ import pyarrow as pa
 from ibis.backends import BaseBackend
 
 from crm_analytics.entities import MatchSettings, resolve_customers
-from crm_analytics.schemas import TABLES, spec
+from crm_analytics.schemas import TABLES, require_columns, spec
 from crm_analytics.store import create_temp_table, sql_ident, sql_literal
 
 DEFAULT_CATEGORY_MAP: dict[str, str] = {
@@ -1215,13 +1215,8 @@ def amount_unit_errors(orders: ir.Table, order_items: ir.Table, max_ratio: float
     """
     if not max_ratio > 1:
         raise ValueError(f"max_ratio must be above 1, got {max_ratio}")
-    for table, name, cols in (
-        (orders, "orders", ["order_id", "amount"]),
-        (order_items, "order_items", ["order_id", "quantity", "unit_price"]),
-    ):
-        missing = [c for c in cols if c not in table.columns]
-        if missing:
-            raise ValueError(f"{name} has no column {', '.join(map(repr, missing))}")
+    require_columns(orders, ["order_id", "amount"], "orders")
+    require_columns(order_items, ["order_id", "quantity", "unit_price"], "order_items")
     value = order_items.quantity.cast("float64") * order_items.unit_price.cast("float64")
     lines = order_items.select("order_id", _value=value)
     totals = lines.group_by("order_id").aggregate(lines_total=lines._value.sum())
