@@ -124,6 +124,9 @@ COMPLEMENTS: dict[str, str] = {
 """Category a later line of an order completes its first line's with (cross-sell planted)."""
 COMPLEMENT_RATE = 0.4
 """Share of the later lines of an order that take the complement of its first line's category."""
+_COMPLEMENT_INDEX = np.array([CATEGORIES.index(COMPLEMENTS[c]) if c in COMPLEMENTS else -1
+                              for c in CATEGORIES])  # fmt: skip
+"""Position in :data:`CATEGORIES` of each category's complement (-1: none)."""
 
 CHANNELS: list[str] = ["online", "store", "app"]
 
@@ -597,8 +600,7 @@ def _generate_chunk(
     first_line = np.cumsum(n_items) - n_items
     later = np.ones(len(line_order), bool)
     later[first_line] = False
-    complement = np.array([CATEGORIES.index(COMPLEMENTS[c]) if c in COMPLEMENTS else -1
-                           for c in CATEGORIES])[cat_idx[first_line]][line_order]  # fmt: skip
+    complement = _COMPLEMENT_INDEX[cat_idx[first_line]][line_order]
     planted = later & (complement >= 0) & (complement_rng.random(len(line_order)) < COMPLEMENT_RATE)
     cat_idx = np.where(planted, complement, cat_idx)
     base_price = np.array([CATEGORY_PRICE[c] for c in CATEGORIES])[cat_idx]
