@@ -602,6 +602,19 @@ def test_frames_at_later_cutoffs_come_from_the_sql_template_and_equal_a_fresh_bu
     assert frames.templates[False] is not None and unlabelled.churned.isna().all()
     on_memtables = churn.FrameSource({"orders": tables["orders"].to_pyarrow()}, 60)
     assert on_memtables.templates == {}
+    recent = churn.FrameSource(tables, 60, categories, active_within_days=90)
+    recent("2026-03-01")
+    assert recent.templates[True] is not None  # the population's bound moves with the cutoff too
+    got = recent("2026-01-31")
+    pd.testing.assert_frame_equal(
+        got,
+        features.churn_frame(
+            tables, "2026-01-31", 60, categories, True, active_within_days=90
+        ).to_pandas(),
+    )
+    everyone = frames("2026-01-31")
+    assert 0 < len(got) < len(everyone) and got.recency_days.max() <= 90
+    assert everyone.recency_days.max() > 90
 
 
 def test_top_reasons_name_features_jointly_when_no_single_one_moves_a_near_certain_risk():

@@ -105,6 +105,23 @@ def test_churn_labels():
     assert got9.to_dict("list") == {"customer_id": ["a", "b"], "churned": [1, 1]}
 
 
+@pytest.mark.parametrize(
+    ("days", "kept"), [(0, ["a", "b"]), (27, []), (28, ["a"]), (45, ["a", "b"])]
+)
+def test_churn_population_leaves_out_customers_silent_too_long(days, kept):
+    # last paid orders before the cutoff: a on 02-01 (28 days), b on 01-15 (45 days)
+    labels = features.churn_labels(ibis.memtable(ORDERS), CUTOFF, 30, active_within_days=days)
+    assert sorted(labels.to_pandas().customer_id) == kept
+    tables = {"orders": ibis.memtable(ORDERS)}
+    for labelled in (True, False):
+        frame = features.churn_frame(tables, CUTOFF, 30, labelled=labelled, active_within_days=days)
+        got = frame.to_pandas()
+        assert got.customer_id.tolist() == kept  # the same population, labelled or not
+        assert (got.recency_days <= (days or 10**6)).all()
+    buyers = 2  # c's only order is an outlier
+    assert features.lapsed_count(ibis.memtable(ORDERS), CUTOFF, days) == buyers - len(kept)
+
+
 def test_sales_series_week():
     got = features.sales_series(ibis.memtable(ORDERS), "week").to_pandas()
     expected = pd.DataFrame(

@@ -41,6 +41,16 @@ def test_findings_are_generated_from_the_figures_and_escaped():
     assert zh[0].startswith("最大的细分群体是 &lt;script&gt;")
     churn = summary.findings("churn", {"risk_tiers": {"high": 120}}, {"risk_tiers": {"high": 100}})
     assert churn == ["120 customers are at high risk, up from 100."]
+    evaluated = summary.findings(
+        "churn",
+        {"mode": "evaluate", "score_cutoff": "2026-06-30", "risk_tiers": {"high": 120},
+         "lapsed_customers": 2322, "active_within_days": 365},
+    )  # fmt: skip
+    assert evaluated[0].startswith("At the test cutoff 2026-06-30, 120 customers were at high risk")
+    assert evaluated[1].startswith("2,322 more had been silent for over 365 days")
+    scored = summary.findings("churn", {"mode": "score", "score_cutoff": "2026-10-01",
+                                        "risk_tiers": {"high": 120}})  # fmt: skip
+    assert scored == ["120 customers are at high risk."]
     with pytest.raises(ValueError, match="report_language"):
         summary.findings("churn", {"risk_tiers": {"high": 1}}, language="fr")
 

@@ -1717,6 +1717,8 @@ class FrameSource:
     max_cached : int, optional
         Keep at most this many frames, forgetting the least recently used
         (bounds memory when many cutoffs are visited); all by default.
+    active_within_days : int, default 0
+        The churn population (see :func:`crm_analytics.features.churn_frame`).
 
     Attributes
     ----------
@@ -1744,8 +1746,10 @@ class FrameSource:
         windows: tuple[int, ...] = (30, 90, 180),
         activity_window_days: int = 90,
         max_cached: int | None = None,
+        active_within_days: int = 0,
     ) -> None:
         self.tables = tables
+        self.active_within_days = active_within_days
         self.window_days = window_days
         self.categories = categories
         self.windows = windows
@@ -1768,7 +1772,7 @@ class FrameSource:
         Returns
         -------
         pandas.DataFrame
-            One row per customer active before the cutoff.
+            One row per customer active at the cutoff (see ``active_within_days``).
         """
         key = (str(cutoff)[:10], labelled)
         if key in self.cached:
@@ -1788,7 +1792,8 @@ class FrameSource:
         from crm_analytics.features import churn_frame
 
         return churn_frame(self.tables, cutoff, self.window_days, self.categories, labelled,
-                           self.windows, self.activity_window_days)  # fmt: skip
+                           self.windows, self.activity_window_days,
+                           self.active_within_days)  # fmt: skip
 
     def _read(self, cutoff: dt.date, labelled: bool) -> pd.DataFrame:
         """Run the frame at ``cutoff`` in the store, from the SQL template when there is one."""

@@ -275,13 +275,16 @@ def churn_labels(
     cutoff: dt.date | str,
     window_days: int,
     sort: bool = True,
+    active_within_days: int = 0,
 ) -> ir.Table:
-    """Return the churn label of every customer who bought before ``cutoff``.
+    """Return the churn label of every customer active at ``cutoff``.
 
-    A customer is *active at the cutoff* if they have a paid order before it;
-    they are labelled churned (1) when they have no paid order in
-    ``[cutoff, cutoff + window_days)``. Only the label reads data at or after
-    the cutoff.
+    A customer is *active at the cutoff* if they have a paid order before it
+    (within ``active_within_days`` days before it, when that is positive: a
+    customer silent for longer has already lapsed, and predicting that they stay
+    silent is no forecast); they are labelled churned (1) when they have no paid
+    order in ``[cutoff, cutoff + window_days)``. Only the label reads data at or
+    after the cutoff.
 
     Parameters
     ----------
@@ -293,6 +296,10 @@ def churn_labels(
         Length of the label window.
     sort : bool, default True
         Order the rows by ``customer_id`` (False when the result is joined).
+    active_within_days : int, default 0
+        Keep only customers whose last paid order before the cutoff is at most
+        this many days old (their ``recency_days`` in :func:`churn_features`);
+        0 keeps everyone who ever bought.
 
     Returns
     -------
@@ -301,7 +308,10 @@ def churn_labels(
     """
     c = _ts(cutoff)
     paid = paid_orders(orders)
-    active = paid.filter(paid.order_ts < c).select("customer_id").distinct()
+    seen = paid.order_ts < c
+    if active_within_days > 0:  # an order on the day N days before the cutoff counts
+        seen = seen & (paid.order_ts >= c - ibis.interval(days=active_within_days))
+    active = paid.filter(seen).select("customer_id").distinct()
     after = paid.filter(
         (paid.order_ts >= c) & (paid.order_ts < c + ibis.interval(days=window_days))
     )
@@ -311,6 +321,34 @@ def churn_labels(
         "customer_id", churned=ibis.cases((out.bought.isnull(), 1), else_=0).cast("int8")
     )
     return out.order_by("customer_id") if sort else out
+
+
+def lapsed_count(orders: ir.Table, cutoff: dt.date | str, active_within_days: int) -> int:
+    """Return how many buyers had lapsed before ``cutoff``: outside the churn population.
+
+    Parameters
+    ----------
+    orders : ibis Table
+        Clean orders.
+    cutoff : date or ISO string
+        The cutoff.
+    active_within_days : int
+        The population's bound (see :func:`churn_labels`); 0 means nobody lapses.
+
+    Returns
+    -------
+    int
+        Customers with a paid order before the cutoff whose last one is more than
+        ``active_within_days`` days before it.
+    """
+    if active_within_days <= 0:
+        return 0
+    c = _ts(cutoff)
+    paid = paid_orders(orders)
+    paid = paid.filter(paid.order_ts < c)
+    last = paid.group_by("customer_id").aggregate(last_ts=paid.order_ts.max())
+    lapsed = last.filter(last.last_ts < c - ibis.interval(days=active_within_days))
+    return int(lapsed.count().execute())
 
 
 def clv_summary(orders: ir.Table, cutoff: dt.date | str, time_unit_days: int = 1) -> ir.Table:
@@ -868,6 +906,7 @@ def churn_frame(
     labelled: bool = True,
     windows: tuple[int, ...] = (30, 90, 180),
     activity_window_days: int = 90,
+    active_within_days: int = 0,
 ) -> ir.Table:
     """Return the churn features of the customers active at ``cutoff``, with their label.
 
@@ -886,19 +925,28 @@ def churn_frame(
         ``churned`` is null.
     windows, activity_window_days
         See :func:`churn_features`.
+    active_within_days : int, default 0
+        The churn population: customers whose last paid order before the cutoff
+        is at most this many days old (see :func:`churn_labels`); 0 means every
+        customer who ever bought.
 
     Returns
     -------
     ibis Table
-        One row per customer with a paid order before the cutoff: features,
-        ``cutoff`` (date) and ``churned`` (int8, null when unlabelled).
+        One row per customer active at the cutoff: features, ``cutoff`` (date)
+        and ``churned`` (int8, null when unlabelled).
     """
     feats = churn_features(tables, cutoff, categories, windows, activity_window_days, sort=False)
     if labelled:
-        labels = churn_labels(tables["orders"], cutoff, window_days, sort=False)
+        labels = churn_labels(
+            tables["orders"], cutoff, window_days, sort=False, active_within_days=active_within_days
+        )
         out = feats.join(labels, "customer_id")
     else:
-        out = feats.filter(feats.frequency > 0).mutate(churned=ibis.null("int8"))
+        active = feats.frequency > 0
+        if active_within_days > 0:  # the same customers as the labels' population
+            active = active & (feats.recency_days <= active_within_days)
+        out = feats.filter(active).mutate(churned=ibis.null("int8"))
     return out.mutate(cutoff=ibis.literal(_as_date(cutoff))).order_by("customer_id")
 
 
@@ -1055,7 +1103,9 @@ def sales_series_by(
 
     Groups add up to the total: an order's amount is shared among its lines in
     proportion to their value for the category split, and a missing region,
-    segment or category is the group "unknown".
+    segment or category is the group "unknown". The segment split gives every
+    order its customer's segment in ``customer_segments`` (held at one cutoff),
+    whatever the order's date: the series of today's members of each segment.
 
     Parameters
     ----------

@@ -355,13 +355,20 @@ def findings(
             if high_before is not None and high_before != high:
                 change = _t(L, f", {'up' if high > high_before else 'down'} from {high_before:,}",
                             f"（上次为 {high_before:,}）")  # fmt: skip
-            out.append(
-                _t(
-                    L,
-                    f"{high:,} customers are at high risk{change}.",
-                    f"高风险客户 {high:,} 位{change}。",
-                )
-            )
+            at = m.get("score_cutoff")
+            if m.get("mode") == "evaluate" and at:  # a past cutoff, not today
+                out.append(_t(L, f"At the test cutoff {e(str(at))}, {high:,} customers were at high risk{change} "
+                                 "(mode score lists who is at risk at the end of the data).",
+                              f"测试截止日 {e(str(at))} 时有高风险客户 {high:,} 位{change}"
+                              "（mode 设为 score 可列出数据末尾时的风险客户）。"))  # fmt: skip
+            else:
+                out.append(_t(L, f"{high:,} customers are at high risk{change}.",
+                              f"高风险客户 {high:,} 位{change}。"))  # fmt: skip
+        lapsed, days = m.get("lapsed_customers"), m.get("active_within_days")
+        if lapsed and days:
+            out.append(_t(L, f"{lapsed:,} more had been silent for over {days} days: lapsed, a win-back audience, "
+                             "not scored for churn.",
+                          f"另有 {lapsed:,} 位客户已沉默超过 {days} 天：已流失，属于召回对象，不做流失评分。"))  # fmt: skip
         top = m.get("top_features") or []
         if top:
             out.append(_t(L, "What predicts churn most: " + ", ".join(e(t) for t in top[:3]) + ".",
