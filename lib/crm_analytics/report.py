@@ -281,7 +281,9 @@ def _json_default(value: Any) -> Any:
 
 
 def _clean_json(value: Any) -> Any:
-    """Replace NaN and infinities (invalid JSON) by None, recursively."""
+    """Replace NaN, infinities and pandas' missing values (invalid JSON) by None, recursively."""
+    if value is pd.NA or value is pd.NaT:
+        return None
     if isinstance(value, dict):
         return {str(k): _clean_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
