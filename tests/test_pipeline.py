@@ -336,7 +336,10 @@ def test_score_mode_scores_everyone_active_at_the_end_of_the_data(run):
     paid = orders.filter(orders.status == "paid")
     data_end = pd.Timestamp(orders.order_ts.max().to_pandas()).date()
     scores = con.table("churn_scores").to_pandas()
-    active = paid.customer_id.nunique().to_pandas()
+    last = paid.group_by("customer_id").aggregate(last=paid.order_ts.max()).to_pandas()
+    score_cutoff = pd.Timestamp(data_end + pd.Timedelta(days=1))
+    # the population: a paid order in the 365 days before the score cutoff
+    active = int((last["last"] >= score_cutoff - pd.Timedelta(days=365)).sum())
     con.disconnect()
     assert m["mode"] == "score"
     assert m["score_cutoff"] == str(data_end + pd.Timedelta(days=1))
@@ -349,9 +352,9 @@ def test_score_mode_scores_everyone_active_at_the_end_of_the_data(run):
     assert scores.churned.isna().all() and len(scores) == m["scored_customers"]
     assert m["model_customers_sampled"] == 200 and m["valid_customers"] <= 200
     assert m["train_rows"] <= 200 * len(m["cutoffs"]["train"])
-    assert (
-        abs(len(scores) - active) <= 0.02 * active
-    )  # everyone with a paid order (bar outlier-only buyers)
+    assert m["active_within_days"] == 365 and m["lapsed_customers"] > 0
+    assert abs(len(scores) - active) <= 0.02 * active  # bar outlier-only buyers
+    assert len(scores) + m["lapsed_customers"] <= len(last)  # the lapsed are not scored
 
 
 def test_real_air_passengers_series_seasonal_naive_by_hand(tmp_path):
